@@ -1,0 +1,167 @@
+"""Audio constants, decoding to 16 kHz mono, and Whisper's log-mel spectrogram in torch.
+
+Decoding classifies failures into the reasons of the bad-input catalogue (`Rejected`), so the data
+tier can quarantine a row instead of crashing a run.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+
+SAMPLE_RATE = 16_000
+N_FFT = 400  # 25 ms window at 16 kHz
+HOP_LENGTH = 160  # 10 ms hop at 16 kHz
+CHUNK_LENGTH_S = 30  # Whisper's fixed input window
+N_SAMPLES = CHUNK_LENGTH_S * SAMPLE_RATE  # 480_000 samples per window
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 log-mel frames per window
+INT16_SCALE = 32_768.0  # full scale of int16 PCM
+
+# Containers soundfile cannot open, recognised by their first bytes: these are "unsupported
+# codec"; unrecognisable bytes are "corrupt".
+_FOREIGN_MAGIC = {b"ftyp": "MP4/M4A/AAC", b"\x1aE\xdf\xa3": "Matroska/WebM", b"#!AM": "AMR", b"0&\xb2u": "WMA/ASF"}
+_RIFF_PCM_TAGS = {0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE}  # PCM, IEEE float, A-law, mu-law, extensible
+
+
+class Rejected(Exception):
+    """A row that cannot be used; `reason` is a catalogue code, `detail` a human sentence."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _sniff(head: bytes) -> str | None:
+    for magic, name in _FOREIGN_MAGIC.items():
+        if magic in head[:12]:
+            return name
+    return None
+
+
+def _check_riff(data: bytes) -> None:
+    """Rejects WAV files that libsndfile would read silently wrong: truncated data or a foreign codec."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
+        if chunk == b"fmt " and pos + 10 <= len(data):
+            tag = struct.unpack_from("<H", data, pos + 8)[0]
+            if tag not in _RIFF_PCM_TAGS and tag != 0x0002 and tag != 0x0011:  # (MS/IMA ADPCM decode fine)
+                raise Rejected("unsupported_codec", f"WAV codec tag 0x{tag:04x} is not supported")
+        if chunk == b"data":
+            available = len(data) - pos - 8
+            if size != 0xFFFFFFFF and size > available:
+                raise Rejected("corrupt_file", f"truncated WAV: data chunk declares {size} bytes, file holds {available}")
+            return
+        pos += 8 + size + (size & 1)
+
+
+def decode(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
+    """Decodes encoded audio bytes into `(frames, channels)` float32 and its sample rate."""
+    if not data:
+        raise Rejected("empty_file", f"{name} is empty (0 bytes)")
+    foreign = _sniff(data[:16])
+    if foreign:
+        raise Rejected("unsupported_codec", f"{name} is {foreign}, which is not supported (use WAV, FLAC, OGG or MP3)")
+    _check_riff(data)
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            declared = f.frames
+            audio = f.read(dtype="float32", always_2d=True)
+            rate, fmt = f.samplerate, f.format
+    except sf.LibsndfileError as err:
+        message = str(err).rsplit(": ", 1)[-1]  # drop libsndfile's "Error opening <object>" prefix
+        lower = message.lower()
+        reason = "unsupported_codec" if "unsupported" in lower or "not supported" in lower else "corrupt_file"
+        raise Rejected(reason, f"{name} cannot be decoded ({message})") from None
+    except (RuntimeError, ValueError, EOFError) as err:
+        raise Rejected("corrupt_file", f"{name} cannot be decoded ({err})") from None
+    # MP3 frame counts are estimates; for other formats a short read means a truncated file.
+    if fmt != "MP3" and declared and len(audio) < declared:
+        raise Rejected("corrupt_file", f"truncated {fmt}: header declares {declared} frames, decoded {len(audio)}")
+    if len(audio) == 0:
+        raise Rejected("empty_file", f"{name} holds no samples")
+    return audio, rate
+
+
+def to_mono_16k(audio: np.ndarray, rate: int) -> np.ndarray:
+    """`(frames, channels)` at any rate → `(samples,)` float32 mono at 16 kHz (mean downmix, soxr)."""
+    mono = audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else audio.astype(np.float32)
+    if not np.isfinite(mono).all():
+        raise Rejected("non_finite_samples", "audio holds NaN or Inf samples")
+    if rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, rate, SAMPLE_RATE, quality="HQ").astype(np.float32, copy=False)
+    return mono
+
+
+def load(source: str | Path | bytes) -> np.ndarray:
+    """Reads a file (path) or encoded bytes into `(samples,)` float32 mono at 16 kHz."""
+    if isinstance(source, (bytes, bytearray)):
+        return to_mono_16k(*decode(bytes(source)))
+    path = Path(source)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise Rejected("missing_file", f"{path} does not exist") from None
+    except IsADirectoryError:
+        raise Rejected("missing_file", f"{path} is a folder, not a file") from None
+    except PermissionError:
+        raise Rejected("missing_file", f"{path} is not readable") from None
+    return to_mono_16k(*decode(data, str(path)))
+
+
+def to_wire(audio: np.ndarray, dtype: str) -> bytes:
+    """Packs a float32 waveform for shipping to trainers; int16 halves the bytes.
+
+    A clip that peaks above full scale is scaled down rather than clipped.
+    """
+    if dtype == "float32":
+        return audio.astype(np.float32, copy=False).tobytes()
+    peak = float(np.abs(audio).max()) if audio.size else 0.0
+    scale = (INT16_SCALE - 1) / max(peak, 1.0)
+    return np.round(audio * scale).astype(np.int16).tobytes()
+
+
+def from_wire(buffer: bytes, dtype: str) -> np.ndarray:
+    """Inverse of `to_wire`: `(samples,)` float32."""
+    if dtype == "float32":
+        return np.frombuffer(buffer, dtype=np.float32)
+    return np.frombuffer(buffer, dtype=np.int16).astype(np.float32) / INT16_SCALE
+
+
+@lru_cache(maxsize=8)
+def _mel_filters(n_mels: int) -> torch.Tensor:
+    from transformers.audio_utils import mel_filter_bank
+
+    bank = mel_filter_bank(
+        num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
+        max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney",
+    )
+    return torch.from_numpy(bank.T.astype(np.float32))  # (n_mels, n_freq)
+
+
+def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+    """Whisper's log-mel: `(batch, samples)` float32 (≤ 30 s, zero-padded here) → `(batch, n_mels, 3000)`.
+
+    Runs on `audio`'s device; equals `WhisperFeatureExtractor` to ~1e-5.
+    """
+    if audio.shape[-1] < N_SAMPLES:
+        audio = torch.nn.functional.pad(audio, (0, N_SAMPLES - audio.shape[-1]))
+    audio = audio[..., :N_SAMPLES]
+    window = torch.hann_window(N_FFT, device=audio.device)
+    stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    power = stft[..., :-1].abs() ** 2  # (batch, n_freq, 3000): drop the STFT's extra last frame
+    mel = _mel_filters(n_mels).to(audio.device) @ power
+    log_spec = torch.clamp(mel, min=1e-10).log10()
+    # Whisper's dynamic range: 80 dB (8 in log10) below each clip's own peak.
+    log_spec = torch.maximum(log_spec, log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0)
+    return (log_spec + 4.0) / 4.0

@@ -1,0 +1,46 @@
+"""Worker-side batching: waveforms → log-mel on the worker's device, labels padded with -100.
+
+Used as `collate_fn` of `iter_torch_batches` on a `get_dataset_shard` iterator, so the heavy
+feature computation happens on the trainer (GPU when it has one), not on the data tier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ray_asr.audio import from_wire, log_mel
+
+IGNORE_INDEX = -100  # label value that cross-entropy skips
+
+
+def pad_labels(label_lists, pad_to: int | None = None) -> torch.Tensor:
+    """`[list of ids]` → `(batch, longest)` int64, padding with -100 (not to 448)."""
+    longest = max(len(ids) for ids in label_lists)
+    out = torch.full((len(label_lists), pad_to or longest), IGNORE_INDEX, dtype=torch.long)
+    for i, ids in enumerate(label_lists):
+        out[i, : len(ids)] = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    return out
+
+
+@dataclass
+class WhisperCollator:
+    """Turns a numpy batch of `ray_asr.data.PREPARED_SCHEMA` rows into model inputs."""
+
+    n_mels: int = 80
+    """Mel bins of the model (80 for most Whisper sizes, 128 for large-v3)."""
+    wire_dtype: str = "int16"
+    """How the data tier packed the waveforms (`data.wire_dtype`)."""
+    device: str | torch.device = "cpu"
+    """Where log-mel is computed and tensors are returned."""
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        waves = [torch.from_numpy(from_wire(buffer, self.wire_dtype)) for buffer in batch["audio"]]
+        longest = max(len(w) for w in waves)
+        stacked = torch.zeros(len(waves), longest)
+        for i, wave in enumerate(waves):
+            stacked[i, : len(wave)] = wave
+        features = log_mel(stacked.to(self.device), self.n_mels)  # (batch, n_mels, 3000)
+        return {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}

@@ -1,0 +1,275 @@
+"""Every knob of ray-asr: typed dataclasses, YAML loading, dotted overrides, one validation pass.
+
+A config error is a `ConfigError` whose message is one line that names the field, e.g.
+`train.learning_rate: must be > 0, got -1`; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "models/whisper-base"
+    """HF Whisper folder (see `ray-asr import-ct2`) or a hub id where a hub is reachable."""
+    language: str = "en"
+    """Language code written into the decoder prompt (`<|en|>`), e.g. `en`, `de`, `sw`."""
+    task: str = "transcribe"
+    """`transcribe` or `translate` (to English)."""
+
+
+@dataclass
+class DataConfig:
+    train: str | None = None
+    """Training data: JSONL manifest, HF `save_to_disk` folder, parquet file, or Common Voice `.tsv`."""
+    eval: str | None = None
+    """In-domain evaluation data, same formats as `train`."""
+    general_eval: str | None = None
+    """Optional out-of-domain evaluation set: the forgetting guard."""
+    max_duration_s: float = 30.0
+    """Clips longer than this are rejected for training (Whisper's window is 30 s)."""
+    max_rejected_fraction: float = 0.01
+    """The run fails once more than this share of a split's rows has been quarantined."""
+    wire_dtype: str = "int16"
+    """Waveform dtype shipped from the data tier to trainers: `int16` (half the bytes) or `float32`."""
+    prepare_batch_size: int = 16
+    """Rows per batch in the decode/resample/validate stage."""
+    prepare_concurrency: int = 0
+    """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
+    quarantine: str | None = None
+    """Where rejected rows are written; default `<output_dir>/quarantine.jsonl`."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 2
+    """ZeRO stage 0..3."""
+    offload_optimizer: bool = False
+    """Keep optimizer state in CPU memory (ZeRO 1-3)."""
+    offload_param: bool = False
+    """Keep parameters in CPU memory (ZeRO 3 only)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches summed before each optimizer step."""
+    gradient_clipping: float = 1.0
+    """Global gradient-norm clip; 0 disables it."""
+
+
+@dataclass
+class TrainConfig:
+    strategy: str = "full"
+    """`full`, `freeze` (encoder frozen) or `lora` (peft adapters only)."""
+    frozen_encoder_layers: int | None = None
+    """Frozen depth: bottom N encoder layers (plus conv front end and positions) frozen; None = strategy default."""
+    learning_rate: float = 1.0e-5
+    """Peak learning rate."""
+    epochs: int = 2
+    """Passes over the training split."""
+    batch_size_per_worker: int = 8
+    """Clips per worker per micro-batch."""
+    precision: str = "bf16"
+    """`bf16`, `fp16` or `fp32`."""
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    """DeepSpeed ZeRO settings."""
+    seed: int = 0
+    """Seed for initialisation, shuffling and augmentation."""
+
+
+@dataclass
+class ScalingConfig:
+    num_workers: int = 2
+    """Ray Train workers (one per GPU when `use_gpu`)."""
+    use_gpu: bool = False
+    """Train on GPUs."""
+    cpus_per_worker: float = 1.0
+    """CPUs each training worker reserves (and uses as torch threads)."""
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    """Ray cluster address; `RAY_ADDRESS` wins; with neither a local Ray is started."""
+
+
+@dataclass
+class TuneConfig:
+    num_samples: int = 8
+    """Trials in the search."""
+    learning_rate: dict = field(default_factory=lambda: {"loguniform": [1.0e-6, 1.0e-4]})
+    """Search space for the learning rate: `{loguniform: [lo, hi]}` or `{choice: [...]}`."""
+    frozen_encoder_layers: dict = field(default_factory=lambda: {"choice": [0, 2, 4, 6]})
+    """Search space for frozen depth: `{choice: [...]}`."""
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Which Whisper to start from."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Inputs and the data tier."""
+    augment: list = field(default_factory=list)
+    """Waveform augmentations applied in order on the CPU tier: `[{name: noise, p: 0.5, ...}]`."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Training recipe."""
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    """Ray Train workers."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Which Ray cluster to use."""
+    output_dir: str = "runs/default"
+    """Where the model, metrics, quarantine and plots are written."""
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """Ray Tune search."""
+
+    @property
+    def quarantine_path(self) -> Path:
+        return Path(self.data.quarantine or Path(self.output_dir) / "quarantine.jsonl")
+
+
+_CHOICES = {
+    "model.task": ("transcribe", "translate"),
+    "data.wire_dtype": ("int16", "float32"),
+    "train.strategy": ("full", "freeze", "lora"),
+    "train.precision": ("bf16", "fp16", "fp32"),
+}
+
+
+def validate(cfg: Config) -> Config:
+    """Checks every value; raises `ConfigError` naming the first bad field."""
+
+    def need(ok: bool, key: str, rule: str, value: Any) -> None:
+        if not ok:
+            raise ConfigError(f"{key}: {rule}, got {value!r}")
+
+    for key, allowed in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        need(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
+    need(bool(cfg.model.name_or_path), "model.name_or_path", "must be set", cfg.model.name_or_path)
+    need(bool(cfg.model.language), "model.language", "must be set", cfg.model.language)
+    need(0 < cfg.data.max_duration_s <= 30.0, "data.max_duration_s", "must be in (0, 30]", cfg.data.max_duration_s)
+    need(0 <= cfg.data.max_rejected_fraction <= 1, "data.max_rejected_fraction", "must be in [0, 1]",
+         cfg.data.max_rejected_fraction)
+    need(cfg.data.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", cfg.data.prepare_batch_size)
+    need(cfg.data.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", cfg.data.prepare_concurrency)
+    for i, spec in enumerate(cfg.augment):
+        need(isinstance(spec, dict) and "name" in spec, f"augment[{i}]", "must be a mapping with a name", spec)
+        p = spec.get("p", 1.0)
+        need(isinstance(p, (int, float)) and 0 <= p <= 1, f"augment[{i}].p", "must be in [0, 1]", p)
+    t = cfg.train
+    need(t.frozen_encoder_layers is None or t.frozen_encoder_layers >= 0, "train.frozen_encoder_layers",
+         "must be >= 0", t.frozen_encoder_layers)
+    need(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
+    need(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
+    need(t.batch_size_per_worker >= 1, "train.batch_size_per_worker", "must be >= 1", t.batch_size_per_worker)
+    ds = t.deepspeed
+    need(ds.stage in (0, 1, 2, 3), "train.deepspeed.stage", "must be 0, 1, 2 or 3", ds.stage)
+    need(not ds.offload_param or ds.stage == 3, "train.deepspeed.offload_param", "needs stage 3", ds.offload_param)
+    need(not ds.offload_optimizer or ds.stage >= 1, "train.deepspeed.offload_optimizer", "needs stage >= 1",
+         ds.offload_optimizer)
+    need(ds.gradient_accumulation_steps >= 1, "train.deepspeed.gradient_accumulation_steps", "must be >= 1",
+         ds.gradient_accumulation_steps)
+    need(ds.gradient_clipping >= 0, "train.deepspeed.gradient_clipping", "must be >= 0", ds.gradient_clipping)
+    need(cfg.scaling.num_workers >= 1, "scaling.num_workers", "must be >= 1", cfg.scaling.num_workers)
+    need(cfg.scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0", cfg.scaling.cpus_per_worker)
+    need(bool(cfg.output_dir), "output_dir", "must be set", cfg.output_dir)
+    need(cfg.tune.num_samples >= 1, "tune.num_samples", "must be >= 1", cfg.tune.num_samples)
+    for key in ("learning_rate", "frozen_encoder_layers"):
+        space = getattr(cfg.tune, key)
+        ok = isinstance(space, dict) and len(space) == 1 and next(iter(space)) in ("loguniform", "uniform", "choice")
+        need(ok, f"tune.{key}", "must be one of {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {choice: [...]}", space)
+    return cfg
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Checks `value` against a field's type hint, building nested dataclasses from mappings."""
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+        return _build(hint, value, key)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is not type(None):
+                try:
+                    return _coerce(value, option, key)
+                except ConfigError:
+                    continue
+        raise ConfigError(f"{key}: expected {' or '.join(getattr(o, '__name__', str(o)) for o in options)}, got {value!r}")
+    expected = origin or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected int, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{key}: expected {expected.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            raise ConfigError(f"{dotted}: unknown key (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def _apply_override(tree: dict, override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"{override}: overrides are dotted.key=value")
+    dotted, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{dotted}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def from_dict(values: dict, overrides: list[str] = ()) -> Config:
+    """Builds and validates a `Config` from a mapping plus `dotted.key=value` overrides."""
+    tree = dict(values or {})
+    for override in overrides:
+        _apply_override(tree, override)
+    return validate(_build(Config, tree))
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Config:
+    """Loads a YAML config; relative data and model paths stay relative to the working directory."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if values is not None and not isinstance(values, dict):
+        raise ConfigError(f"{path}: must be a mapping of sections")
+    return from_dict(values or {}, overrides)
+
+
+def to_dict(cfg: Config) -> dict:
+    """The config as plain data, for YAML dumps and Ray Train's `train_loop_config`."""
+    return dataclasses.asdict(cfg)

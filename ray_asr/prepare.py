@@ -1,0 +1,51 @@
+"""One raw row → one training example, or a `Rejected` with its catalogue reason.
+
+This is the single place where a row is judged; `ray-asr validate`, the training pipeline and
+evaluation all call it, so they accept and reject exactly the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from ray_asr import audio, labels
+from ray_asr.audio import Rejected
+
+# The bad-input catalogue (DESIGN.md): every reason a row can be quarantined for.
+REASONS = (
+    "not_utf8", "malformed_json", "missing_keys", "empty_transcript", "transcript_too_long",
+    "missing_file", "empty_file", "corrupt_file", "unsupported_codec", "non_finite_samples", "too_long",
+    "internal_error",
+)
+
+
+def prepare(row: dict, tokenizer, max_duration_s: float) -> tuple[np.ndarray, list[int]]:
+    """Checks a raw row (`sources.RAW_SCHEMA`) → `((samples,) float32 16 kHz mono, label ids)`.
+
+    Cheap checks (parse errors, transcript) run before the audio is decoded.
+    """
+    if row["error"]:
+        raise Rejected(row["error"], row["error_detail"])
+    text = (row["text"] or "").strip()
+    if not text:
+        raise Rejected("empty_transcript", "transcript is empty")
+    ids = labels.encode(tokenizer, text)
+    if not labels.fits(ids):
+        raise Rejected("transcript_too_long",
+                       f"transcript is {len(ids) + 1} tokens with its prompt, over Whisper's {labels.MAX_TARGET_TOKENS}")
+    wave = audio.load(row["audio_bytes"] if row["audio_bytes"] is not None else row["audio_path"])
+    seconds = len(wave) / audio.SAMPLE_RATE
+    if seconds > max_duration_s:
+        raise Rejected("too_long", f"clip is {seconds:.1f} s, over data.max_duration_s={max_duration_s:g}")
+    return wave, ids
+
+
+def quarantine_record(row: dict, reason: str, detail: str) -> dict:
+    """The quarantine.jsonl line for a rejected row: source, reason and the original row."""
+    try:
+        original = json.loads(row["raw"])
+    except (json.JSONDecodeError, TypeError):
+        original = row["raw"]
+    return {"id": row["id"], "source": row["source"], "reason": reason, "detail": detail, "row": original}
