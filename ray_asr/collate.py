@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ray_asr.audio import from_wire, log_mel
 
@@ -26,7 +27,7 @@ def pad_labels(label_lists, pad_to: int | None = None) -> torch.Tensor:
 
 
 @dataclass
-class WhisperCollator:
+class WhisperCollator(NumpyBatchCollateFn):
     """Turns a numpy batch of `ray_asr.data.PREPARED_SCHEMA` rows into model inputs."""
 
     n_mels: int = 80

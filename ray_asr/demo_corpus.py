@@ -1,0 +1,147 @@
+"""The embedded demo corpus: clinical speech about medications, synthesised offline.
+
+Whisper models trained on the open web stumble on drug names ("metoprolol" → "meta pro lol"), the
+kind of domain vocabulary users fine-tune for. This module speaks sentence templates filled with
+drug names in several eSpeak NG voices and speaking rates, and writes three JSONL manifests:
+
+- `train.jsonl`: in-domain sentences (training templates),
+- `eval.jsonl`: in-domain sentences from held-out templates and drug pairings,
+- `general.jsonl`: everyday sentences, the out-of-domain control for forgetting.
+
+Clips are FLAC at eSpeak's native 22.05 kHz, so the pipeline's resampling is exercised too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ray_asr.tts import EspeakSynth, Voice
+
+DRUGS = (
+    "metoprolol", "lisinopril", "atorvastatin", "amlodipine", "metformin", "levothyroxine", "omeprazole",
+    "pantoprazole", "losartan", "hydrochlorothiazide", "furosemide", "spironolactone", "warfarin", "apixaban",
+    "rivaroxaban", "clopidogrel", "gabapentin", "pregabalin", "sertraline", "escitalopram", "bupropion",
+    "trazodone", "quetiapine", "aripiprazole", "levetiracetam", "lamotrigine", "ondansetron", "metoclopramide",
+    "amoxicillin", "azithromycin", "ceftriaxone", "vancomycin", "doxycycline", "prednisone", "dexamethasone",
+    "enoxaparin", "tamsulosin", "allopurinol", "colchicine", "montelukast", "tiotropium", "budesonide",
+)
+
+TRAIN_TEMPLATES = (
+    "The patient was started on {a} this morning.",
+    "Please discontinue {a} and begin {b}.",
+    "Hold the {a} until the lab results come back.",
+    "He reports nausea after the first dose of {a}.",
+    "Continue {a} and add {b} at bedtime.",
+    "We switched her from {a} to {b} last week.",
+    "Her home medications include {a} and {b}.",
+    "Check kidney function before giving {a}.",
+    "An allergy to {a} is documented in the chart.",
+    "Increase the {a} if the symptoms persist.",
+    "The pharmacy is out of {a}, so use {b} instead.",
+    "Give {a} with food to avoid stomach upset.",
+)
+EVAL_TEMPLATES = (
+    "The nurse gave {a} an hour ago.",
+    "Do not combine {a} with {b}.",
+    "She stopped taking {a} because of the side effects.",
+    "Restart {a} tomorrow after the procedure.",
+)
+GENERAL_SENTENCES = (
+    "The weather was warm and sunny all weekend.",
+    "Please close the window before you leave the house.",
+    "My brother bought a new bicycle yesterday.",
+    "We walked along the river until the sun went down.",
+    "The train to the city leaves every morning.",
+    "She put the keys on the kitchen table.",
+    "The children played in the garden after school.",
+    "I would like a cup of coffee with milk.",
+    "The library closes early on Sundays.",
+    "He forgot his umbrella at the office.",
+    "The meeting has been moved to next week.",
+    "Our neighbors have a small brown dog.",
+    "The shop on the corner sells fresh bread.",
+    "They painted the front door bright green.",
+    "Can you tell me the way to the station?",
+    "The football match was cancelled because of the rain.",
+    "She reads a book every night before bed.",
+    "The old bridge was repaired last summer.",
+    "We need more paper for the printer.",
+    "The music was too loud at the party.",
+    "He works at a bank in the center of town.",
+    "The flowers in the park are beautiful this spring.",
+    "I left my phone in the car.",
+    "The restaurant was full on Friday evening.",
+    "Please remember to water the plants.",
+    "The teacher wrote the answer on the board.",
+    "We are going to visit our grandparents next month.",
+    "The film starts at eight o'clock.",
+    "My sister is learning to play the piano.",
+    "The road was closed for most of the day.",
+    "He cooked dinner for the whole family.",
+    "The airport was busy during the holidays.",
+    "The cat is sleeping on the sofa.",
+    "They moved to a bigger house last year.",
+    "The store opens at nine in the morning.",
+    "We watched the birds from the window.",
+    "The water in the lake was very cold.",
+    "She sent a letter to her friend in another country.",
+    "The price of the tickets went up again.",
+    "He fixed the broken chair with some glue.",
+)
+VOICES = (
+    Voice("en-us", 150, 50), Voice("en-us+m3", 165, 45), Voice("en-us+f2", 145, 60), Voice("en-gb-x-rp", 155, 50),
+    Voice("en-us+m7", 175, 40), Voice("en-gb-x-rp+f3", 140, 55),
+)
+
+
+@dataclass(frozen=True)
+class CorpusSize:
+    """How many clips each split gets."""
+
+    train: int = 320
+    """In-domain training clips."""
+    eval: int = 64
+    """In-domain evaluation clips (held-out templates)."""
+    general: int = 40
+    """Out-of-domain control clips (one per general sentence)."""
+
+
+def _fill(template: str, rng: np.random.Generator) -> str:
+    a, b = rng.choice(len(DRUGS), size=2, replace=False)
+    return template.format(a=DRUGS[a], b=DRUGS[b])
+
+
+def sentences(size: CorpusSize, seed: int = 0) -> dict[str, list[tuple[str, Voice]]]:
+    """The corpus text and speaker of every clip, per split (deterministic for a seed)."""
+    rng = np.random.default_rng(seed)
+    split_plan = {}
+    for split, templates, count in (("train", TRAIN_TEMPLATES, size.train), ("eval", EVAL_TEMPLATES, size.eval)):
+        split_plan[split] = [(_fill(templates[i % len(templates)], rng), VOICES[rng.integers(len(VOICES))])
+                             for i in range(count)]
+    general = GENERAL_SENTENCES[: size.general]
+    split_plan["general"] = [(text, VOICES[i % len(VOICES)]) for i, text in enumerate(general)]
+    return split_plan
+
+
+def build(out_dir: str | Path, size: CorpusSize = CorpusSize(), seed: int = 0) -> dict[str, Path]:
+    """Synthesises the corpus into `out_dir` (clips/ + one manifest per split); returns the manifests."""
+    out_dir = Path(out_dir)
+    (out_dir / "clips").mkdir(parents=True, exist_ok=True)
+    synth = EspeakSynth()
+    manifests = {}
+    for split, items in sentences(size, seed).items():
+        path = out_dir / f"{split}.jsonl"
+        with open(path, "w", encoding="utf-8") as manifest:
+            for i, (text, voice) in enumerate(items):
+                wave = synth.say(text, voice)
+                clip = f"clips/{split}_{i:04d}.flac"
+                sf.write(out_dir / clip, wave, synth.sample_rate, subtype="PCM_16")
+                row = {"audio": clip, "text": text, "speaker": voice.name, "duration": round(len(wave) / synth.sample_rate, 3)}
+                manifest.write(json.dumps(row) + "\n")
+        manifests[split] = path
+    return manifests
