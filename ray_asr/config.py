@@ -212,6 +212,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     expected = origin or hint
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if expected is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `3e-5` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if expected is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if expected is int and isinstance(value, bool):

@@ -241,9 +241,9 @@ def import_ct2(source: str, out_dir: str | Path, language: str | None = "en", ta
     scratch = out_dir / ".ct2-join"
     try:
         ct2_dir = resolve_ct2_dir(source, scratch)
+        ct2 = read_model_bin((ct2_dir / "model.bin").read_bytes())
         if not (ct2_dir / "tokenizer.json").exists():
             raise CT2FormatError(f"{ct2_dir}: tokenizer.json is missing")
-        ct2 = read_model_bin((ct2_dir / "model.bin").read_bytes())
         ct2_config = json.loads((ct2_dir / "config.json").read_text()) if (ct2_dir / "config.json").exists() else {}
         tok_src = out_dir / ".tokenizer"
         tok_src.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ import pyarrow as pa
 import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
+from ray.train import DataConfig
 
 from ray_asr import audio, labels, sources
 from ray_asr.audio import Rejected
@@ -100,7 +101,8 @@ class QuarantineSink:
         reasons: dict[str, int] = {}
         for reason in state["rejected"].values():
             reasons[reason] = reasons.get(reason, 0) + 1
-        return {"rows": state["rows"], "accepted": len(state["accepted"]), "rejected": len(state["rejected"]),
+        accepted, rejected = len(state["accepted"]), len(state["rejected"])
+        return {"rows": accepted + rejected, "accepted": accepted, "rejected": rejected,
                 "reasons": dict(sorted(reasons.items())), "hours": sum(state["accepted"].values()) / 3600}
 
     def close(self) -> None:
@@ -139,6 +141,27 @@ class Preparer:
         if problem:
             raise TooManyRejected(problem)
         return pa.Table.from_pydict(out, schema=PREPARED_SCHEMA)
+
+
+class ExactSplitDataConfig(DataConfig):
+    """Ray Train ingest that splits each dataset across workers without dropping rows.
+
+    Ray's default (`streaming_split(equal=True)`) drops up to `world_size - 1` rows per epoch to
+    give every worker the same count; here every accepted row reaches exactly one worker, and the
+    train loop keeps ranks in lock-step when their shares differ by a batch.
+    """
+
+    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
+        output = [{} for _ in range(world_size)]
+        hints = worker_node_ids if self._enable_shard_locality else None
+        for name, ds in datasets.items():
+            ds = ds.copy(ds)
+            if ds.name is None:
+                ds.set_name(name)
+            ds.context.execution_options = self._resolve_execution_options(name)
+            for rank, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
+                output[rank][name] = split
+        return output
 
 
 def open_sink(path: str | Path | None):

@@ -75,7 +75,7 @@ def _text_shards(path: Path, kind: str) -> tuple[list[Shard], int, tuple[str, ..
 
 
 def plan(source: str | Path) -> tuple[list[Shard], int]:
-    """Shards for a source and its row count (blank manifest lines count; they are rejected later)."""
+    """Shards for a source and its row count (an upper bound for text files: blank lines count)."""
     path = Path(source)
     if not path.exists():
         raise SourceError(f"{path}: does not exist")
@@ -165,6 +165,8 @@ def _read_text_shard(shard: Shard) -> list[dict]:
         lines.pop()  # the empty remainder after the shard's final newline
     rows = []
     for number, line in enumerate(lines, start=shard.first_line):
+        if not line.strip():
+            continue  # a blank line holds no row (manifests often end with one)
         try:
             text = line.decode("utf-8").rstrip("\r")
         except UnicodeDecodeError as err:

@@ -1,0 +1,30 @@
+"""Worker-side collate: log-mel batch and -100 label padding to the longest, not to 448."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ray_asr import audio
+from ray_asr.collate import IGNORE_INDEX, WhisperCollator, pad_labels
+
+
+def test_labels_pad_to_longest_with_ignore_index():
+    out = pad_labels([[1, 2, 3], [4], [5, 6]])
+    assert out.tolist() == [[1, 2, 3], [4, -100, -100], [5, 6, -100]]
+    assert out.dtype == torch.long
+
+
+def test_collator_builds_model_inputs_from_wire_rows(tiny_model):
+    rng = np.random.default_rng(0)
+    waves = [rng.uniform(-0.3, 0.3, n).astype(np.float32) for n in (8_000, 40_000)]
+    batch = {
+        "audio": np.array([audio.to_wire(w, "int16") for w in waves], dtype=object),
+        "labels": np.array([np.array([5, 6, 7]), np.array([8])], dtype=object),
+    }
+    out = WhisperCollator(n_mels=80, wire_dtype="int16")(batch)
+    assert out["input_features"].shape == (2, 80, 3000)
+    assert out["labels"].tolist() == [[5, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    # the same as computing each clip alone: padding in the batch does not leak between clips
+    alone = audio.log_mel(torch.from_numpy(audio.from_wire(batch["audio"][0], "int16"))[None])
+    assert torch.allclose(out["input_features"][0], alone[0], atol=1e-5)

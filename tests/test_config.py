@@ -1,0 +1,86 @@
+"""Config: defaults, YAML files, dotted overrides, one-line errors naming the field, shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ray_asr import config
+from ray_asr.config import ConfigError
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+def test_defaults_are_valid():
+    cfg = config.from_dict({})
+    assert cfg.train.deepspeed.stage == 2 and cfg.data.max_rejected_fraction == 0.01
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_shipped_config_loads_and_names_its_command(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#") and "ray-asr" in first, "a config starts with the command that runs it"
+    config.load(path)
+
+
+def test_there_are_shipped_configs():
+    assert "demo.yaml" in {p.name for p in CONFIGS}
+
+
+def test_overrides_are_typed_from_yaml():
+    cfg = config.from_dict({}, ["train.learning_rate=3e-5", "train.deepspeed.stage=3", "scaling.use_gpu=true",
+                                "data.general_eval=null", "model.language=de"])
+    assert cfg.train.learning_rate == 3e-5 and cfg.train.deepspeed.stage == 3
+    assert cfg.scaling.use_gpu is True and cfg.data.general_eval is None and cfg.model.language == "de"
+
+
+@pytest.mark.parametrize("values,overrides,message", [
+    ({}, ["train.learning_rate=-1"], "train.learning_rate: must be > 0, got -1.0"),
+    ({"train": {"learnin_rate": 1e-5}}, [], "train.learnin_rate: unknown key"),
+    ({"trian": {}}, [], "trian: unknown key"),
+    ({}, ["train.strategy=partial"], "train.strategy: must be one of full, freeze, lora"),
+    ({}, ["train.deepspeed.stage=4"], "train.deepspeed.stage: must be 0, 1, 2 or 3"),
+    ({}, ["train.epochs=two"], "train.epochs: expected int"),
+    ({}, ["scaling.use_gpu=1"], "scaling.use_gpu: expected true or false"),
+    ({}, ["data.max_duration_s=45"], "data.max_duration_s: must be in (0, 30]"),
+    ({}, ["train.deepspeed.offload_param=true"], "train.deepspeed.offload_param: needs stage 3"),
+    ({"augment": [{"p": 0.5}]}, [], "augment[0]: must be a mapping with a name"),
+    ({"augment": [{"name": "noise", "p": 2}]}, [], "augment[0].p: must be in [0, 1]"),
+    ({"train": 3}, [], "train: must be a mapping"),
+    ({}, ["tune.learning_rate={normal: [0, 1]}"], "tune.learning_rate: must be one of"),
+    ({}, ["train.learning_rate"], "overrides are dotted.key=value"),
+])
+def test_errors_are_one_line_naming_the_field(values, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        config.from_dict(values, overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_load_reports_missing_and_invalid_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        config.load(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(tmp_path / "bad.yaml")
+
+
+def test_round_trip_through_dict():
+    cfg = config.from_dict({"train": {"strategy": "lora"}}, ["output_dir=runs/x"])
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def test_quarantine_defaults_into_the_output_dir():
+    assert config.from_dict({"output_dir": "runs/a"}).quarantine_path == Path("runs/a/quarantine.jsonl")
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_learning_rate_accepted_iff_positive(lr):
+    if lr > 0:
+        assert config.from_dict({"train": {"learning_rate": lr}}).train.learning_rate == lr
+    else:
+        with pytest.raises(ConfigError, match="train.learning_rate"):
+            config.from_dict({"train": {"learning_rate": lr}})

@@ -1,0 +1,34 @@
+"""Decoder labels: prompt tokens, end-of-text last, no start token, the 448-token bound."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_asr import labels
+
+
+def test_labels_carry_prompt_and_end_with_end_of_text(tokenizer):
+    ids = labels.encode(tokenizer, "The patient was started on metoprolol.")
+    assert tokenizer.convert_ids_to_tokens(ids[:3]) == ["<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.convert_tokens_to_ids("<|startoftranscript|>") not in ids
+    assert tokenizer.decode(ids, skip_special_tokens=True) == "The patient was started on metoprolol."
+
+
+def test_language_and_task_come_from_the_config(tiny_model):
+    tok = labels.load_tokenizer(str(tiny_model), "de", "translate")
+    ids = labels.encode(tok, "hallo")
+    assert tok.convert_ids_to_tokens(ids[:2]) == ["<|de|>", "<|translate|>"]
+
+
+def test_fits_counts_the_start_token():
+    assert labels.fits([0] * 447) and not labels.fits([0] * 448)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(min_size=1, max_size=200).filter(lambda t: t.strip()))
+def test_any_text_ends_in_end_of_text_once(tokenizer, text):
+    ids = labels.encode(tokenizer, text)
+    assert ids[-1] == tokenizer.eos_token_id
+    assert ids.count(tokenizer.eos_token_id) == 1 + text.count("<|endoftext|>")

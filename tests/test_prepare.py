@@ -1,0 +1,100 @@
+"""Every entry of the bad-input catalogue, one by one, through the single judging function."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_asr import audio, sources
+from ray_asr.audio import Rejected
+from ray_asr.prepare import REASONS, prepare, quarantine_record
+
+from conftest import build_catalogue
+
+
+@pytest.fixture(scope="module")
+def rows(catalogue):
+    return {row["id"]: row for row in sources.read_all(catalogue.manifest)}
+
+
+def _case_names():
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        return list(build_catalogue(Path(folder)).expected)
+
+
+@pytest.mark.parametrize("case", _case_names())
+def test_catalogue_entry(case, catalogue, rows, tokenizer):
+    row = rows[catalogue.ids[case]]
+    expected = catalogue.expected[case]
+    if expected is None:
+        wave, ids = prepare(row, tokenizer, max_duration_s=30.0)
+        assert wave.dtype == np.float32 and wave.ndim == 1
+        assert np.isfinite(wave).all() and 0.5 * audio.SAMPLE_RATE < len(wave) <= 2.1 * audio.SAMPLE_RATE
+        assert ids[-1] == tokenizer.eos_token_id
+    else:
+        with pytest.raises(Rejected) as err:
+            prepare(row, tokenizer, max_duration_s=30.0)
+        assert err.value.reason == expected
+        assert expected in REASONS
+        assert err.value.detail  # a human sentence accompanies every code
+
+
+def test_every_catalogue_reason_is_exercised(catalogue):
+    exercised = {r for r in catalogue.expected.values() if r}
+    assert exercised == set(REASONS) - {"internal_error"}
+
+
+def test_resampled_and_stereo_rows_become_16k_mono(catalogue, rows, tokenizer):
+    wave, _ = prepare(rows[catalogue.ids["good_resampled"]], tokenizer, 30.0)
+    assert len(wave) == audio.SAMPLE_RATE  # 1 s at 48 kHz → 16 000 samples
+    stereo, _ = prepare(rows[catalogue.ids["good_stereo"]], tokenizer, 30.0)
+    assert len(stereo) == audio.SAMPLE_RATE
+    # channels are 0.5x and 1.0x one signal (peak ~0.27); the mean downmix is 0.75x of it
+    assert 0.15 < np.abs(stereo).max() < 0.3
+
+
+def test_max_duration_is_the_configured_bound(catalogue, rows, tokenizer):
+    row = rows[catalogue.ids["good_16k"]]
+    with pytest.raises(Rejected) as err:
+        prepare(row, tokenizer, max_duration_s=0.5)
+    assert err.value.reason == "too_long"
+
+
+def test_quarantine_record_keeps_the_original_row(catalogue, rows):
+    row = rows[catalogue.ids["missing_file"]]
+    record = quarantine_record(row, "missing_file", "gone")
+    assert record["row"] == {"audio": "clips/nowhere.wav", "text": "gone"}
+    assert record["source"].endswith("manifest.jsonl") and record["id"] == catalogue.ids["missing_file"]
+    bad = quarantine_record(rows[catalogue.ids["malformed_json"]], "malformed_json", "x")
+    assert bad["row"].startswith('{"audio"')  # unparseable rows are kept as their text
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(max_size=3000))
+def test_arbitrary_bytes_never_crash_decoding(data):
+    try:
+        wave = audio.to_mono_16k(*audio.decode(data))
+    except Rejected as err:
+        assert err.reason in REASONS
+    else:
+        assert wave.dtype == np.float32 and np.isfinite(wave).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(8_000, 96_000), st.integers(1, 4), st.floats(0.05, 2.0))
+def test_any_rate_and_channel_count_becomes_16k_mono(rate, channels, seconds):
+    frames = max(1, int(rate * seconds))
+    signal = np.random.default_rng(rate).uniform(-0.5, 0.5, (frames, channels)).astype(np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, signal, rate, format="WAV", subtype="FLOAT")
+    wave = audio.to_mono_16k(*audio.decode(buf.getvalue()))
+    assert wave.ndim == 1 and wave.dtype == np.float32
+    assert abs(len(wave) - frames * audio.SAMPLE_RATE / rate) <= 2
