@@ -48,6 +48,8 @@ class DataConfig:
     """Rows per batch in the decode/resample/validate stage."""
     prepare_concurrency: int = 0
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
+    prepare_num_cpus: float = 1.0
+    """CPUs each decode/validate actor reserves; below 1 lets the data tier share a small machine with trainers."""
     quarantine: str | None = None
     """Where rejected rows are written; default `<output_dir>/quarantine.jsonl`."""
 
@@ -161,6 +163,7 @@ def validate(cfg: Config) -> Config:
     need(0 <= cfg.data.max_rejected_fraction <= 1, "data.max_rejected_fraction", "must be in [0, 1]",
          cfg.data.max_rejected_fraction)
     need(cfg.data.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", cfg.data.prepare_batch_size)
+    need(cfg.data.prepare_num_cpus > 0, "data.prepare_num_cpus", "must be > 0", cfg.data.prepare_num_cpus)
     need(cfg.data.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", cfg.data.prepare_concurrency)
     for i, spec in enumerate(cfg.augment):
         need(isinstance(spec, dict) and "name" in spec, f"augment[{i}]", "must be a mapping with a name", spec)

@@ -14,7 +14,7 @@ from ray_asr import audio, sources
 from ray_asr.audio import Rejected
 from ray_asr.prepare import REASONS, prepare, quarantine_record
 
-from conftest import build_catalogue
+from audio_fixtures import build_catalogue
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 
 from ray_asr import sources
 
-from conftest import write_clip
+from audio_fixtures import write_clip
 
 
 def _manifest(path, n, trailing_newline=True):

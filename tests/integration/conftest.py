@@ -1,0 +1,21 @@
+"""One local Ray (2 CPUs, loopback only, no dashboard) shared by every integration test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import ray
+
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    # Ray's workers import functions defined in test modules by module name.
+    path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", _node_ip_address="127.0.0.1",
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
