@@ -32,9 +32,16 @@ def _consume_share(loop_config: dict) -> None:
 
 
 def test_two_workers_receive_disjoint_shares_covering_every_accepted_row(catalogue, tiny_model, tmp_path):
+    # The catalogue's rows plus 60 good ones, so the stream has enough blocks to share out.
+    manifest = catalogue.manifest.parent / "ingest.jsonl"  # beside the catalogue: its audio paths are relative
+    extra = [json.dumps({"audio": str(catalogue.manifest.parent / "clips" / "good_16k.wav"), "text": f"extra {i}"})
+             for i in range(60)]
+    manifest.write_bytes(catalogue.manifest.read_bytes() + ("\n".join(extra) + "\n").encode())
+    rename = {old: old.replace("manifest.jsonl", "ingest.jsonl") for old in catalogue.ids.values()}
+    good = {rename[i] for i in catalogue.good} | {f"ingest.jsonl:{len(catalogue.expected) + 1 + i}" for i in range(60)}
     # Trainers hold one of the two CPUs; a read task (0.25) and a decode actor (0.5) share the other.
     cfg = config.from_dict({"model": {"name_or_path": str(tiny_model)}, "output_dir": str(tmp_path),
-                            "data": {"train": str(catalogue.manifest), "prepare_num_cpus": 0.5}})
+                            "data": {"train": str(manifest), "prepare_num_cpus": 0.5, "prepare_batch_size": 4}})
     sink = data.open_sink(cfg.quarantine_path)
     ds = data.build_dataset(cfg, "train", sink, enforce_limit=False)
     trainer = TorchTrainer(
@@ -50,6 +57,6 @@ def test_two_workers_receive_disjoint_shares_covering_every_accepted_row(catalog
     seen = [i for r in (0, 1) for i in json.loads((tmp_path / f"rank{r}.json").read_text())]
     assert len(seen) == len(set(seen))  # no row twice
     assert not shares[0] & shares[1] and all(shares)  # disjoint, and each worker got a share
-    assert set(seen) == catalogue.good  # together, every accepted row
+    assert set(seen) == good  # together, every accepted row
     quarantined = {json.loads(line)["id"] for line in cfg.quarantine_path.read_text().splitlines()}
-    assert quarantined == set(catalogue.bad)
+    assert quarantined == {rename[i] for i in catalogue.bad}
