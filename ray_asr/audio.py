@@ -1,4 +1,4 @@
-"""Audio constants, decoding to 16 kHz mono, and Whisper's log-mel spectrogram in torch.
+"""Audio constants and decoding to 16 kHz mono (numpy only: the data tier never imports torch).
 
 Decoding classifies failures into the reasons of the bad-input catalogue (`Rejected`), so the data
 tier can quarantine a row instead of crashing a run.
@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import io
 import struct
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
-import torch
 
 SAMPLE_RATE = 16_000
 N_FFT = 400  # 25 ms window at 16 kHz
@@ -136,32 +134,3 @@ def from_wire(buffer: bytes, dtype: str) -> np.ndarray:
     if dtype == "float32":
         return np.frombuffer(buffer, dtype=np.float32)
     return np.frombuffer(buffer, dtype=np.int16).astype(np.float32) / INT16_SCALE
-
-
-@lru_cache(maxsize=8)
-def _mel_filters(n_mels: int) -> torch.Tensor:
-    from transformers.audio_utils import mel_filter_bank
-
-    bank = mel_filter_bank(
-        num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
-        max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney",
-    )
-    return torch.from_numpy(bank.T.astype(np.float32))  # (n_mels, n_freq)
-
-
-def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
-    """Whisper's log-mel: `(batch, samples)` float32 (≤ 30 s, zero-padded here) → `(batch, n_mels, 3000)`.
-
-    Runs on `audio`'s device; equals `WhisperFeatureExtractor` to ~1e-5.
-    """
-    if audio.shape[-1] < N_SAMPLES:
-        audio = torch.nn.functional.pad(audio, (0, N_SAMPLES - audio.shape[-1]))
-    audio = audio[..., :N_SAMPLES]
-    window = torch.hann_window(N_FFT, device=audio.device)
-    stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2  # (batch, n_freq, 3000): drop the STFT's extra last frame
-    mel = _mel_filters(n_mels).to(audio.device) @ power
-    log_spec = torch.clamp(mel, min=1e-10).log10()
-    # Whisper's dynamic range: 80 dB (8 in log10) below each clip's own peak.
-    log_spec = torch.maximum(log_spec, log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0)
-    return (log_spec + 4.0) / 4.0

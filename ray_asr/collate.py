@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from ray_asr.audio import from_wire, log_mel
+from ray_asr.audio import from_wire
+from ray_asr.features import log_mel
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 

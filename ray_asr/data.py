@@ -74,7 +74,7 @@ class QuarantineSink:
         self.file = None
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(path, "w", encoding="utf-8")
+            self.file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (open for the actor's life)
         self.path = path
         self.splits: dict[str, dict] = {}
 
@@ -133,7 +133,7 @@ class Preparer:
             except Rejected as err:
                 rejected.append(quarantine_record(row, err.reason, err.detail))
                 continue
-            except Exception as err:  # one odd file must never take the whole run down
+            except Exception as err:  # noqa: BLE001 (one odd file must never take the whole run down)
                 rejected.append(quarantine_record(row, "internal_error", f"{type(err).__name__}: {err}"))
                 continue
             accepted.append((row["id"], len(wave) / audio.SAMPLE_RATE))
@@ -177,8 +177,13 @@ def open_sink(path: str | Path | None):
     return QuarantineSink.options(scheduling_strategy=here).remote(str(path) if path else None)
 
 
-def _max_prepare_actors(cfg: Config) -> int:
-    return cfg.data.prepare_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+def _prepare_pool(cfg: Config):
+    """An actor pool that starts with one actor and grows while CPUs are free.
+
+    Starting at full size deadlocks when trainers already hold part of the CPUs.
+    """
+    size = cfg.data.prepare_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) / cfg.data.prepare_num_cpus))
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
 
 
 def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, model_dir: str | None = None):
@@ -203,7 +208,7 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
         },
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=_max_prepare_actors(cfg)),
+        compute=_prepare_pool(cfg),
         num_cpus=cfg.data.prepare_num_cpus,
     )
     if split == "train":

@@ -3,32 +3,61 @@
 The start-of-transcript token is not part of the labels: Whisper shifts labels right and puts
 `decoder_start_token_id` (`<|startoftranscript|>`) in front itself. End-of-text is always last,
 or a fine-tuned model never learns to stop.
+
+The data tier reads the model's `tokenizer.json` with the `tokenizers` library alone, so decode
+actors start without importing transformers or torch; the ids equal `WhisperTokenizer`'s.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 MAX_TARGET_TOKENS = 448  # Whisper's decoder positions (max_target_positions), start token included
 
 
+@dataclass(frozen=True)
+class LabelTokenizer:
+    """Text → label ids for one language and task."""
+
+    backend: object
+    """A `tokenizers.Tokenizer` (Whisper's byte-level BPE)."""
+    prefix: tuple[int, ...]
+    """`<|lang|>`, `<|task|>`, `<|notimestamps|>` ids."""
+    eos_token_id: int
+    """`<|endoftext|>`."""
+
+    def __call__(self, text: str) -> list[int]:
+        return [*self.prefix, *self.backend.encode(text, add_special_tokens=False).ids, self.eos_token_id]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
 @lru_cache(maxsize=4)
-def load_tokenizer(model_dir: str, language: str, task: str):
-    """The model's tokenizer with the decoder prompt set for `language` and `task` (cached per process)."""
-    from transformers import WhisperTokenizer
+def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
+    """The label tokenizer of a Whisper folder (its tokenizer.json), cached per process."""
+    from tokenizers import Tokenizer
 
-    tokenizer = WhisperTokenizer.from_pretrained(model_dir)
-    tokenizer.set_prefix_tokens(language=language, task=task, predict_timestamps=False)
-    return tokenizer
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir}: no tokenizer.json (save the tokenizer with transformers first)")
+    backend = Tokenizer.from_file(str(path))
+
+    def token_id(token: str) -> int:
+        found = backend.token_to_id(token)
+        if found is None:
+            raise ValueError(f"{model_dir}: tokenizer has no {token} token (language or task not supported)")
+        return found
+
+    prefix = (token_id(f"<|{language}|>"), token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
+    return LabelTokenizer(backend, prefix, token_id("<|endoftext|>"))
 
 
-def encode(tokenizer, text: str) -> list[int]:
+def encode(tokenizer: LabelTokenizer, text: str) -> list[int]:
     """Label ids for one transcript, ending in end-of-text, without the start token."""
-    ids = tokenizer(text).input_ids
-    if ids[-1] != tokenizer.eos_token_id:
-        ids.append(tokenizer.eos_token_id)
-    start = tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
-    return ids[1:] if ids[0] == start else ids
+    return tokenizer(text)
 
 
 def fits(labels: list[int]) -> bool:

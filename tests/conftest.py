@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from audio_fixtures import Catalogue, build_catalogue
 
 

@@ -7,6 +7,7 @@ import torch
 
 from ray_asr import audio
 from ray_asr.collate import IGNORE_INDEX, WhisperCollator, pad_labels
+from ray_asr.features import log_mel
 
 
 def test_labels_pad_to_longest_with_ignore_index():
@@ -26,5 +27,5 @@ def test_collator_builds_model_inputs_from_wire_rows(tiny_model):
     assert out["input_features"].shape == (2, 80, 3000)
     assert out["labels"].tolist() == [[5, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
     # the same as computing each clip alone: padding in the batch does not leak between clips
-    alone = audio.log_mel(torch.from_numpy(audio.from_wire(batch["audio"][0], "int16"))[None])
+    alone = log_mel(torch.from_numpy(audio.from_wire(batch["audio"][0], "int16"))[None])
     assert torch.allclose(out["input_features"][0], alone[0], atol=1e-5)

@@ -8,18 +8,31 @@ from hypothesis import strategies as st
 from ray_asr import labels
 
 
-def test_labels_carry_prompt_and_end_with_end_of_text(tokenizer):
+def test_labels_carry_prompt_and_end_with_end_of_text(tokenizer, tiny_model):
+    from transformers import WhisperTokenizer
+
+    hf = WhisperTokenizer.from_pretrained(tiny_model)
     ids = labels.encode(tokenizer, "The patient was started on metoprolol.")
-    assert tokenizer.convert_ids_to_tokens(ids[:3]) == ["<|en|>", "<|transcribe|>", "<|notimestamps|>"]
-    assert ids[-1] == tokenizer.eos_token_id
-    assert tokenizer.convert_tokens_to_ids("<|startoftranscript|>") not in ids
-    assert tokenizer.decode(ids, skip_special_tokens=True) == "The patient was started on metoprolol."
+    assert hf.convert_ids_to_tokens(ids[:3]) == ["<|en|>", "<|transcribe|>", "<|notimestamps|>"]
+    assert ids[-1] == tokenizer.eos_token_id == hf.eos_token_id
+    assert hf.convert_tokens_to_ids("<|startoftranscript|>") not in ids
+    assert tokenizer.decode(ids) == "The patient was started on metoprolol."
 
 
-def test_language_and_task_come_from_the_config(tiny_model):
-    tok = labels.load_tokenizer(str(tiny_model), "de", "translate")
-    ids = labels.encode(tok, "hallo")
-    assert tok.convert_ids_to_tokens(ids[:2]) == ["<|de|>", "<|translate|>"]
+def test_ids_equal_transformers_whisper_tokenizer(tiny_model):
+    from transformers import WhisperTokenizer
+
+    hf = WhisperTokenizer.from_pretrained(tiny_model, language="de", task="translate")
+    ours = labels.load_tokenizer(str(tiny_model), "de", "translate")
+    for text in ("hallo Welt", " leading space", "Ünïcödé & <b>tags</b>"):
+        assert [hf.convert_tokens_to_ids("<|startoftranscript|>"), *labels.encode(ours, text)] == hf(text).input_ids
+
+
+def test_unknown_language_names_the_token(tiny_model):
+    import pytest
+
+    with pytest.raises(ValueError, match="<|xx|>"):
+        labels.load_tokenizer(str(tiny_model), "xx", "transcribe")
 
 
 def test_fits_counts_the_start_token():
@@ -32,3 +45,4 @@ def test_any_text_ends_in_end_of_text_once(tokenizer, text):
     ids = labels.encode(tokenizer, text)
     assert ids[-1] == tokenizer.eos_token_id
     assert ids.count(tokenizer.eos_token_id) == 1 + text.count("<|endoftext|>")
+    assert ids[:3] == list(tokenizer.prefix)

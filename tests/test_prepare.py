@@ -7,14 +7,13 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+from audio_fixtures import build_catalogue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ray_asr import audio, sources
 from ray_asr.audio import Rejected
 from ray_asr.prepare import REASONS, prepare, quarantine_record
-
-from audio_fixtures import build_catalogue
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from audio_fixtures import write_clip
 
 from ray_asr import sources
-
-from audio_fixtures import write_clip
 
 
 def _manifest(path, n, trailing_newline=True):
@@ -47,7 +46,7 @@ def test_common_voice_tsv(tmp_path):
         'abc\tcommon_voice_en_1.mp3\tHe said "hello" there.\t2\t0\n'
         "abc\tcommon_voice_en_2.mp3\tshort row\n"
     )
-    shards, total = sources.plan(tmp_path / "train.tsv")
+    _, total = sources.plan(tmp_path / "train.tsv")
     assert total == 2
     rows = sources.read_all(tmp_path / "train.tsv")
     assert rows[0]["text"] == 'He said "hello" there.'  # quotes are text, not CSV quoting

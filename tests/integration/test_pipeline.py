@@ -9,11 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
+from audio_fixtures import write_clip
 
 from ray_asr import audio, config, data
 from ray_asr.validate import validate_source
-
-from audio_fixtures import write_clip
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
