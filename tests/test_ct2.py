@@ -37,35 +37,31 @@ def _ct2_variables(model: WhisperForConditionalGeneration) -> dict[str, np.ndarr
         zeros = np.zeros_like(sd[f"{src}.q_proj.bias"])
         out[f"{dst}/bias"] = np.concatenate([sd[f"{src}.q_proj.bias"], zeros, sd[f"{src}.v_proj.bias"]])
 
+    def layer(d, s, cross):
+        fused_qkv(f"{d}/self_attention/linear_0", f"{s}.self_attn")
+        lin(f"{d}/self_attention/linear_1", f"{s}.self_attn.out_proj")
+        ln(f"{d}/self_attention/layer_norm", f"{s}.self_attn_layer_norm")
+        if cross:
+            lin(f"{d}/attention/linear_0", f"{s}.encoder_attn.q_proj")
+            out[f"{d}/attention/linear_1/weight"] = np.concatenate(
+                [sd[f"{s}.encoder_attn.{p}_proj.weight"] for p in "kv"])
+            out[f"{d}/attention/linear_1/bias"] = np.concatenate(
+                [np.zeros_like(sd[f"{s}.encoder_attn.v_proj.bias"]), sd[f"{s}.encoder_attn.v_proj.bias"]])
+            lin(f"{d}/attention/linear_2", f"{s}.encoder_attn.out_proj")
+            ln(f"{d}/attention/layer_norm", f"{s}.encoder_attn_layer_norm")
+        lin(f"{d}/ffn/linear_0", f"{s}.fc1")
+        lin(f"{d}/ffn/linear_1", f"{s}.fc2")
+        ln(f"{d}/ffn/layer_norm", f"{s}.final_layer_norm")
+
     for conv in ("conv1", "conv2"):
         lin(f"encoder/{conv}", f"model.encoder.{conv}")
     out["encoder/position_encodings/encodings"] = sd["model.encoder.embed_positions.weight"]
-    for i in range(cfg.encoder_layers):
-        s, d = f"model.encoder.layers.{i}", f"encoder/layer_{i}"
-        fused_qkv(f"{d}/self_attention/linear_0", f"{s}.self_attn")
-        lin(f"{d}/self_attention/linear_1", f"{s}.self_attn.out_proj")
-        ln(f"{d}/self_attention/layer_norm", f"{s}.self_attn_layer_norm")
-        lin(f"{d}/ffn/linear_0", f"{s}.fc1")
-        lin(f"{d}/ffn/linear_1", f"{s}.fc2")
-        ln(f"{d}/ffn/layer_norm", f"{s}.final_layer_norm")
-    ln("encoder/layer_norm", "model.encoder.layer_norm")
     out["decoder/embeddings/weight"] = sd["model.decoder.embed_tokens.weight"]
     out["decoder/position_encodings/encodings"] = sd["model.decoder.embed_positions.weight"]
-    for i in range(cfg.decoder_layers):
-        s, d = f"model.decoder.layers.{i}", f"decoder/layer_{i}"
-        fused_qkv(f"{d}/self_attention/linear_0", f"{s}.self_attn")
-        lin(f"{d}/self_attention/linear_1", f"{s}.self_attn.out_proj")
-        ln(f"{d}/self_attention/layer_norm", f"{s}.self_attn_layer_norm")
-        lin(f"{d}/attention/linear_0", f"{s}.encoder_attn.q_proj")
-        out[f"{d}/attention/linear_1/weight"] = np.concatenate([sd[f"{s}.encoder_attn.{p}_proj.weight"] for p in "kv"])
-        out[f"{d}/attention/linear_1/bias"] = np.concatenate(
-            [np.zeros_like(sd[f"{s}.encoder_attn.v_proj.bias"]), sd[f"{s}.encoder_attn.v_proj.bias"]])
-        lin(f"{d}/attention/linear_2", f"{s}.encoder_attn.out_proj")
-        ln(f"{d}/attention/layer_norm", f"{s}.encoder_attn_layer_norm")
-        lin(f"{d}/ffn/linear_0", f"{s}.fc1")
-        lin(f"{d}/ffn/linear_1", f"{s}.fc2")
-        ln(f"{d}/ffn/layer_norm", f"{s}.final_layer_norm")
-    ln("decoder/layer_norm", "model.decoder.layer_norm")
+    for stack, count in (("encoder", cfg.encoder_layers), ("decoder", cfg.decoder_layers)):
+        for i in range(count):
+            layer(f"{stack}/layer_{i}", f"model.{stack}.layers.{i}", cross=stack == "decoder")
+        ln(f"{stack}/layer_norm", f"model.{stack}.layer_norm")
     return out
 
 
