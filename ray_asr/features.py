@@ -36,8 +36,8 @@ def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     window = torch.hann_window(N_FFT, device=audio.device)
     stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
     power = stft[..., : covered // HOP_LENGTH].abs() ** 2  # (batch, n_freq, frames)
-    power = torch.nn.functional.pad(power, (0, N_FRAMES - power.shape[-1]))  # (batch, n_freq, 3000)
-    mel = _mel_filters(n_mels).to(audio.device) @ power
+    mel = _mel_filters(n_mels).to(audio.device) @ power  # (batch, n_mels, frames)
+    mel = torch.nn.functional.pad(mel, (0, N_FRAMES - mel.shape[-1]))  # (batch, n_mels, 3000)
     log_spec = torch.clamp(mel, min=1e-10).log10()
     # Whisper's dynamic range: 80 dB (8 in log10) below each clip's own peak.
     log_spec = torch.maximum(log_spec, log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0)
