@@ -1,0 +1,28 @@
+"""Small numeric helpers shared by the transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def power(x: np.ndarray) -> float:
+    """Mean power of a signal (0 for an empty one)."""
+    return float(np.mean(np.square(x, dtype=np.float64))) if x.size else 0.0
+
+
+def draw(rng: np.random.Generator, value):
+    """A fixed value, or a uniform draw from a `[lo, hi]` range."""
+    if isinstance(value, (list, tuple)):
+        lo, hi = value
+        return float(rng.uniform(lo, hi))
+    return value
+
+
+def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Loops a short signal or crops a random window of a long one to exactly `n` samples."""
+    if x.size == 0:
+        return np.zeros(n, np.float32)
+    if len(x) < n:
+        x = np.tile(x, -(-n // len(x)))
+    start = int(rng.integers(0, len(x) - n + 1))
+    return x[start : start + n]

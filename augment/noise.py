@@ -1,0 +1,74 @@
+"""Additive noise at a target SNR, from synthetic colours or noise recordings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from augment._util import draw, fit_length, power
+from augment.chain import register
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def coloured_noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
+    """White, pink (1/f power) or brown (1/f²) noise by spectral shaping of white noise."""
+    white = rng.standard_normal(n)
+    if colour == "white":
+        return white
+    spectrum = np.fft.rfft(white)
+    f = np.fft.rfftfreq(n)
+    f[0] = f[1] if n > 1 else 1.0
+    exponent = {"pink": 0.5, "brown": 1.0}[colour]  # amplitude ∝ f^-exponent
+    return np.fft.irfft(spectrum / f**exponent, n)
+
+
+@register("noise")
+@dataclass
+class Noise:
+    """Adds noise so that the achieved SNR (measured on the actual signals) equals a drawn target."""
+
+    snr_db: float | tuple[float, float] = (5.0, 20.0)
+    """Target signal-to-noise ratio in dB, or a `[lo, hi]` range drawn uniformly."""
+    colours: tuple[str, ...] = ("white", "pink", "brown")
+    """Synthetic noise colours to pick from."""
+    files: list[str] = field(default_factory=list)
+    """Noise recordings or folders of them; looped or cropped to length. Used instead of colours."""
+
+    def __post_init__(self) -> None:
+        self.colours = tuple(self.colours)
+        for colour in self.colours:
+            if colour not in ("white", "pink", "brown"):
+                raise ValueError(f"colours: unknown colour {colour!r} (white, pink, brown)")
+        paths = []
+        for item in self.files:
+            p = Path(item)
+            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in AUDIO_SUFFIXES) if p.is_dir() else [p]
+        self._paths = paths
+        self._cache: dict[tuple[Path, int], np.ndarray] = {}
+
+    def _recording(self, path: Path, sample_rate: int) -> np.ndarray:
+        key = (path, sample_rate)
+        if key not in self._cache:
+            import soundfile as sf
+            import soxr
+
+            data, rate = sf.read(path, dtype="float32", always_2d=True)
+            mono = data.mean(axis=1)
+            self._cache[key] = soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
+        return self._cache[key]
+
+    def __call__(self, audio: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        snr = draw(rng, self.snr_db)
+        if self._paths:
+            path = self._paths[int(rng.integers(len(self._paths)))]
+            noise = fit_length(self._recording(path, sample_rate), len(audio), rng).astype(np.float64)
+        else:
+            noise = coloured_noise(len(audio), self.colours[int(rng.integers(len(self.colours)))], rng)
+        signal_power, noise_power = power(audio), power(noise)
+        if signal_power == 0 or noise_power == 0:
+            return audio.astype(np.float32, copy=True)
+        scale = np.sqrt(signal_power / (noise_power * 10 ** (snr / 10)))
+        return (audio + scale * noise).astype(np.float32)
