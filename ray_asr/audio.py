@@ -25,7 +25,8 @@ INT16_SCALE = 32_768.0  # full scale of int16 PCM
 # Containers soundfile cannot open, recognised by their first bytes: these are "unsupported
 # codec"; unrecognisable bytes are "corrupt".
 _FOREIGN_MAGIC = {b"ftyp": "MP4/M4A/AAC", b"\x1aE\xdf\xa3": "Matroska/WebM", b"#!AM": "AMR", b"0&\xb2u": "WMA/ASF"}
-_RIFF_PCM_TAGS = {0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE}  # PCM, IEEE float, A-law, mu-law, extensible
+# WAV codec tags libsndfile decodes: PCM, MS ADPCM, IEEE float, A-law, mu-law, IMA ADPCM, extensible.
+_RIFF_DECODABLE_TAGS = {0x0001, 0x0002, 0x0003, 0x0006, 0x0007, 0x0011, 0xFFFE}
 
 
 class Rejected(Exception):
@@ -53,7 +54,7 @@ def _check_riff(data: bytes) -> None:
         chunk, size = data[pos : pos + 4], struct.unpack_from("<I", data, pos + 4)[0]
         if chunk == b"fmt " and pos + 10 <= len(data):
             tag = struct.unpack_from("<H", data, pos + 8)[0]
-            if tag not in _RIFF_PCM_TAGS and tag != 0x0002 and tag != 0x0011:  # (MS/IMA ADPCM decode fine)
+            if tag not in _RIFF_DECODABLE_TAGS:
                 raise Rejected("unsupported_codec", f"WAV codec tag 0x{tag:04x} is not supported")
         if chunk == b"data":
             available = len(data) - pos - 8
