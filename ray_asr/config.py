@@ -50,6 +50,10 @@ class DataConfig:
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
     prepare_num_cpus: float = 1.0
     """CPUs each decode/validate actor reserves; below 1 lets the data tier share a small machine with trainers."""
+    augment_num_cpus: float = 1.0
+    """CPUs each augmentation actor reserves."""
+    augment_resources: dict = field(default_factory=dict)
+    """Extra Ray resources the augmentation stage requests, e.g. `{augment_cpu: 1}` for CPU-tier nodes."""
     quarantine: str | None = None
     """Where rejected rows are written; default `<output_dir>/quarantine.jsonl`."""
 
@@ -164,6 +168,7 @@ def validate(cfg: Config) -> Config:
          cfg.data.max_rejected_fraction)
     need(cfg.data.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", cfg.data.prepare_batch_size)
     need(cfg.data.prepare_num_cpus > 0, "data.prepare_num_cpus", "must be > 0", cfg.data.prepare_num_cpus)
+    need(cfg.data.augment_num_cpus > 0, "data.augment_num_cpus", "must be > 0", cfg.data.augment_num_cpus)
     need(cfg.data.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", cfg.data.prepare_concurrency)
     for i, spec in enumerate(cfg.augment):
         need(isinstance(spec, dict) and "name" in spec, f"augment[{i}]", "must be a mapping with a name", spec)

@@ -13,7 +13,10 @@ sink, which fails the run once a split's rejected share passes `data.max_rejecte
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
+
+import numpy as np
 
 import pyarrow as pa
 import ray
@@ -177,12 +180,12 @@ def open_sink(path: str | Path | None):
     return QuarantineSink.options(scheduling_strategy=here).remote(str(path) if path else None)
 
 
-def _prepare_pool(cfg: Config):
+def _actor_pool(cfg: Config, num_cpus: float):
     """An actor pool that starts with one actor and grows while CPUs are free.
 
     Starting at full size deadlocks when trainers already hold part of the CPUs.
     """
-    size = cfg.data.prepare_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) / cfg.data.prepare_num_cpus))
+    size = cfg.data.prepare_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) / num_cpus))
     return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
 
 
@@ -208,7 +211,7 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
         },
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
-        compute=_prepare_pool(cfg),
+        compute=_actor_pool(cfg, cfg.data.prepare_num_cpus),
         num_cpus=cfg.data.prepare_num_cpus,
     )
     if split == "train":
@@ -216,11 +219,64 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     return ds
 
 
-def augment_stage(ds, cfg: Config):
-    """Hook for the CPU-tier augmentation stage; with no `augment:` list the data passes untouched."""
-    if cfg.augment:
+@ray.remote(num_cpus=0)
+class PassCounter:
+    """How many times each row has gone through augmentation in this run: the row's epoch.
+
+    Central, so a row gets the same count whichever augmentation actor handles it.
+    """
+
+    def __init__(self):
+        self.seen: dict[str, int] = {}
+
+    def next_pass(self, ids: list[str]) -> list[int]:
+        passes = [self.seen.get(i, 0) for i in ids]
+        self.seen.update((i, n + 1) for i, n in zip(ids, passes))
+        return passes
+
+
+def row_rng(seed: int, epoch: int, row_id: str) -> np.random.Generator:
+    """The generator for one row in one epoch: new noise every epoch, the same on a rerun."""
+    return np.random.default_rng([seed, epoch, zlib.crc32(row_id.encode())])
+
+
+class Augmenter:
+    """Ray Data stage applying the `augment:` chain to training waveforms on the CPU tier."""
+
+    def __init__(self, specs: list[dict], seed: int, wire_dtype: str, counter):
         import augment
 
-        augment.build(cfg.augment)  # fails early, naming the bad spec
-        raise NotImplementedError("augment: waveform augmentation is not available yet")
-    return ds
+        self.chain, self.seed, self.wire_dtype, self.counter = augment.build(specs), seed, wire_dtype, counter
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = batch.column("id").to_pylist()
+        passes = ray.get(self.counter.next_pass.remote(ids))
+        waves = [self.chain(audio.from_wire(buffer, self.wire_dtype), audio.SAMPLE_RATE, row_rng(self.seed, n, i))
+                 for buffer, n, i in zip(batch.column("audio").to_pylist(), passes, ids)]
+        columns = {name: batch.column(name) for name in PREPARED_SCHEMA.names}
+        columns["audio"] = pa.array([audio.to_wire(w, self.wire_dtype) for w in waves], pa.binary())
+        columns["num_samples"] = pa.array([len(w) for w in waves], pa.int32())
+        return pa.table(columns, schema=PREPARED_SCHEMA)
+
+
+def augment_stage(ds, cfg: Config):
+    """The CPU-tier augmentation stage (training split only); with no `augment:` list, data passes untouched.
+
+    It requests `data.augment_resources` (e.g. `{augment_cpu: 1}`) so that on a heterogeneous
+    cluster it runs on the CPU-only augmentation nodes.
+    """
+    if not cfg.augment:
+        return ds
+    import augment
+
+    augment.build(cfg.augment)  # fails here, on the driver, naming a bad spec
+    return ds.map_batches(
+        Augmenter,
+        fn_constructor_kwargs={"specs": cfg.augment, "seed": cfg.train.seed, "wire_dtype": cfg.data.wire_dtype,
+                               "counter": PassCounter.remote()},
+        batch_size=cfg.data.prepare_batch_size,
+        batch_format="pyarrow",
+        compute=_actor_pool(cfg, cfg.data.augment_num_cpus),
+        num_cpus=cfg.data.augment_num_cpus,
+        resources=cfg.data.augment_resources or None,
+    )
