@@ -17,7 +17,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-
 import pyarrow as pa
 import ray
 from ray.data.block import BlockMetadata
