@@ -26,3 +26,13 @@ def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         x = np.tile(x, -(-n // len(x)))
     start = int(rng.integers(0, len(x) - n + 1))
     return x[start : start + n]
+
+
+def read_mono(path, sample_rate: int) -> np.ndarray:
+    """A recording (noise, impulse response) as float32 mono at `sample_rate`."""
+    import soundfile as sf
+    import soxr
+
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = data.mean(axis=1)
+    return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono

@@ -53,15 +53,16 @@ class Echo:
             p = Path(item)
             paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".wav", ".flac")) if p.is_dir() else [p]
         self._paths = paths
+        self._cache: dict[tuple[Path, int], np.ndarray] = {}
 
     def rir(self, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         if self._paths:
-            import soundfile as sf
-            import soxr
+            from augment._util import read_mono
 
-            data, rate = sf.read(self._paths[int(rng.integers(len(self._paths)))], dtype="float32", always_2d=True)
-            mono = data.mean(axis=1)
-            return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
+            key = (self._paths[int(rng.integers(len(self._paths)))], sample_rate)
+            if key not in self._cache:
+                self._cache[key] = read_mono(*key)
+            return self._cache[key]
         return synthetic_rir(draw(rng, self.rt60_s), draw(rng, self.drr_db), sample_rate, rng)
 
     def __call__(self, audio: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:

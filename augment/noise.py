@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from augment._util import draw, fit_length, power
+from augment._util import draw, fit_length, power, read_mono
 from augment.chain import register
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -52,12 +52,7 @@ class Noise:
     def _recording(self, path: Path, sample_rate: int) -> np.ndarray:
         key = (path, sample_rate)
         if key not in self._cache:
-            import soundfile as sf
-            import soxr
-
-            data, rate = sf.read(path, dtype="float32", always_2d=True)
-            mono = data.mean(axis=1)
-            self._cache[key] = soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
+            self._cache[key] = read_mono(path, sample_rate)
         return self._cache[key]
 
     def __call__(self, audio: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:

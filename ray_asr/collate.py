@@ -13,7 +13,7 @@ import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ray_asr.audio import from_wire
-from ray_asr.features import log_mel
+from ray_asr.features import log_mel, spec_augment
 
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 
@@ -37,6 +37,13 @@ class WhisperCollator(NumpyBatchCollateFn):
     """How the data tier packed the waveforms (`data.wire_dtype`)."""
     device: str | torch.device = "cpu"
     """Where log-mel is computed and tensors are returned."""
+    spec_augment: dict | None = None
+    """SpecAugment settings (`time_masks`, `time_width`, `freq_masks`, `freq_width`); None = off."""
+    seed: int = 0
+    """Seed of the SpecAugment generator (give each worker its own, e.g. seed + rank)."""
+
+    def __post_init__(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         waves = [torch.from_numpy(from_wire(buffer, self.wire_dtype)) for buffer in batch["audio"]]
@@ -45,4 +52,6 @@ class WhisperCollator(NumpyBatchCollateFn):
         for i, wave in enumerate(waves):
             stacked[i, : len(wave)] = wave
         features = log_mel(stacked.to(self.device), self.n_mels)  # (batch, n_mels, 3000)
+        if self.spec_augment is not None:
+            features = spec_augment(features, self._generator, **self.spec_augment)
         return {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}

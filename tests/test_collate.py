@@ -29,3 +29,14 @@ def test_collator_builds_model_inputs_from_wire_rows(tiny_model):
     # the same as computing each clip alone: padding in the batch does not leak between clips
     alone = log_mel(torch.from_numpy(audio.from_wire(batch["audio"][0], "int16"))[None])
     assert torch.allclose(out["input_features"][0], alone[0], atol=1e-5)
+
+
+def test_collator_applies_spec_augment_when_configured():
+    waves = [np.random.default_rng(1).uniform(-0.3, 0.3, 32_000).astype(np.float32)]
+    batch = {"audio": np.array([audio.to_wire(w, "float32") for w in waves], dtype=object),
+             "labels": np.array([np.array([5])], dtype=object)}
+    plain = WhisperCollator(wire_dtype="float32")(batch)["input_features"]
+    masked = WhisperCollator(wire_dtype="float32", seed=3,
+                             spec_augment={"time_masks": 2, "time_width": 100, "freq_masks": 2, "freq_width": 20})(batch)
+    assert masked["input_features"].shape == plain.shape
+    assert (masked["input_features"] == 0).sum() > (plain == 0).sum()

@@ -35,3 +35,24 @@ def test_log_mel_pads_short_batches_and_clamps_per_clip():
     # each clip's floor is 8 (log10 units) below its own peak, scaled by 1/4 → range ≤ 2
     assert (features[0].max() - features[0].min()).item() <= 2.0 + 1e-6
     assert torch.isfinite(features).all()
+
+
+def test_spec_augment_masks_bands_reproducibly():
+    from ray_asr.features import spec_augment
+
+    features = torch.rand(3, 80, 3000) + 1.0  # no zeros before masking
+    a = spec_augment(features, torch.Generator().manual_seed(0), time_masks=2, time_width=40, freq_masks=2,
+                     freq_width=10)
+    b = spec_augment(features, torch.Generator().manual_seed(0), time_masks=2, time_width=40, freq_masks=2,
+                     freq_width=10)
+    c = spec_augment(features, torch.Generator().manual_seed(1), time_masks=2, time_width=40, freq_masks=2,
+                     freq_width=10)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.all(features > 0)  # the input is untouched
+    zero = a == 0
+    masked_rows = zero.all(dim=2).sum(dim=1)  # whole mel bins masked, per clip
+    masked_cols = zero.all(dim=1).sum(dim=1)  # whole frames masked, per clip
+    assert torch.all(masked_rows <= 20) and torch.all(masked_cols <= 80)
+    assert (masked_rows + masked_cols).sum() > 0
+    # every zero lies in a fully masked bin or frame: masks are bands, not scattered values
+    assert torch.equal(zero, zero.all(dim=2, keepdim=True) | zero.all(dim=1, keepdim=True))
