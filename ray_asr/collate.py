@@ -46,11 +46,11 @@ class WhisperCollator(NumpyBatchCollateFn):
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        waves = [torch.from_numpy(from_wire(buffer, self.wire_dtype)) for buffer in batch["audio"]]
-        longest = max(len(w) for w in waves)
-        stacked = torch.zeros(len(waves), longest)
+        waves = [from_wire(buffer, self.wire_dtype) for buffer in batch["audio"]]
+        stacked = np.zeros((len(waves), max(len(w) for w in waves)), np.float32)  # (batch, samples)
         for i, wave in enumerate(waves):
             stacked[i, : len(wave)] = wave
+        stacked = torch.from_numpy(stacked)
         features = log_mel(stacked.to(self.device), self.n_mels)  # (batch, n_mels, 3000)
         if self.spec_augment is not None:
             features = spec_augment(features, self._generator, **self.spec_augment)
