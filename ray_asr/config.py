@@ -50,6 +50,8 @@ class DataConfig:
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
     prepare_num_cpus: float = 1.0
     """CPUs each decode/validate actor reserves; below 1 lets the data tier share a small machine with trainers."""
+    preprocess: list = field(default_factory=list)
+    """Transforms applied to every split, every epoch, before augmentation (e.g. `[{name: denoise}]` for noisy inputs)."""
     augment_num_cpus: float = 1.0
     """CPUs each augmentation actor reserves."""
     augment_resources: dict = field(default_factory=dict)
@@ -170,10 +172,11 @@ def validate(cfg: Config) -> Config:
     need(cfg.data.prepare_num_cpus > 0, "data.prepare_num_cpus", "must be > 0", cfg.data.prepare_num_cpus)
     need(cfg.data.augment_num_cpus > 0, "data.augment_num_cpus", "must be > 0", cfg.data.augment_num_cpus)
     need(cfg.data.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", cfg.data.prepare_concurrency)
-    for i, spec in enumerate(cfg.augment):
-        need(isinstance(spec, dict) and "name" in spec, f"augment[{i}]", "must be a mapping with a name", spec)
-        p = spec.get("p", 1.0)
-        need(isinstance(p, (int, float)) and 0 <= p <= 1, f"augment[{i}].p", "must be in [0, 1]", p)
+    for key, specs in (("augment", cfg.augment), ("data.preprocess", cfg.data.preprocess)):
+        for i, spec in enumerate(specs):
+            need(isinstance(spec, dict) and "name" in spec, f"{key}[{i}]", "must be a mapping with a name", spec)
+            p = spec.get("p", 1.0)
+            need(isinstance(p, (int, float)) and 0 <= p <= 1, f"{key}[{i}].p", "must be in [0, 1]", p)
     t = cfg.train
     need(t.frozen_encoder_layers is None or t.frozen_encoder_layers >= 0, "train.frozen_encoder_layers",
          "must be >= 0", t.frozen_encoder_layers)

@@ -121,10 +121,15 @@ class Preparer:
     """Ray Data stage (a callable class, so each actor loads the tokenizer once)."""
 
     def __init__(self, model_dir: str, language: str, task: str, max_duration_s: float, wire_dtype: str, sink,
-                 split: str):
+                 split: str, preprocess: list | None = None, seed: int = 0):
         self.tokenizer = labels.load_tokenizer(model_dir, language, task)
         self.max_duration_s, self.wire_dtype = max_duration_s, wire_dtype
         self.sink, self.split = sink, split
+        self.preprocess, self.seed = None, seed
+        if preprocess:
+            import augment
+
+            self.preprocess = augment.build(preprocess)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {name: [] for name in PREPARED_SCHEMA.names}
@@ -132,6 +137,8 @@ class Preparer:
         for row in batch.to_pylist():
             try:
                 wave, ids = prepare(row, self.tokenizer, self.max_duration_s)
+                if self.preprocess is not None:  # the same for every epoch and split
+                    wave = self.preprocess(wave, audio.SAMPLE_RATE, row_rng(self.seed, 0, row["id"]))
             except Rejected as err:
                 rejected.append(quarantine_record(row, err.reason, err.detail))
                 continue
@@ -206,7 +213,7 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
         fn_constructor_kwargs={
             "model_dir": model_dir or cfg.model.name_or_path, "language": cfg.model.language,
             "task": cfg.model.task, "max_duration_s": cfg.data.max_duration_s, "wire_dtype": cfg.data.wire_dtype,
-            "sink": sink, "split": split,
+            "sink": sink, "split": split, "preprocess": cfg.data.preprocess, "seed": cfg.train.seed,
         },
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",

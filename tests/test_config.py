@@ -49,6 +49,7 @@ def test_overrides_are_typed_from_yaml():
     ({}, ["train.deepspeed.offload_param=true"], "train.deepspeed.offload_param: needs stage 3"),
     ({"augment": [{"p": 0.5}]}, [], "augment[0]: must be a mapping with a name"),
     ({"augment": [{"name": "noise", "p": 2}]}, [], "augment[0].p: must be in [0, 1]"),
+    ({"data": {"preprocess": [{"p": 1}]}}, [], "data.preprocess[0]: must be a mapping with a name"),
     ({"train": 3}, [], "train: must be a mapping"),
     ({}, ["tune.learning_rate={normal: [0, 1]}"], "tune.learning_rate: must be one of"),
     ({}, ["train.learning_rate"], "overrides are dotted.key=value"),

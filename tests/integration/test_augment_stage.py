@@ -41,3 +41,20 @@ def test_evaluation_split_is_never_augmented(catalogue, tiny_model, tmp_path):
     ds = _dataset(catalogue, tiny_model, tmp_path, split="eval")
     assert _epoch(ds) == _epoch(ds)
     assert ray.is_initialized()
+
+
+def test_preprocess_applies_to_every_split_the_same_each_epoch(catalogue, tiny_model, tmp_path):
+    def dataset(split, preprocess):
+        cfg = config.from_dict({
+            "model": {"name_or_path": str(tiny_model)}, "output_dir": str(tmp_path),
+            "data": {"train": str(catalogue.manifest), "eval": str(catalogue.manifest), "preprocess": preprocess,
+                     "wire_dtype": "float32"},
+        })
+        return data.build_dataset(cfg, split, data.open_sink(None), enforce_limit=False)
+
+    plain = _epoch(dataset("eval", []))
+    denoised = dataset("eval", [{"name": "denoise", "strength": 1.0}])
+    first, second = _epoch(denoised), _epoch(denoised)
+    assert first == second and set(first) == catalogue.good
+    assert all(first[i][0] != plain[i][0] for i in first)
+    assert _epoch(dataset("train", [{"name": "denoise", "strength": 1.0}])) == first
