@@ -29,10 +29,22 @@ def fit_length(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def read_mono(path, sample_rate: int) -> np.ndarray:
-    """A recording (noise, impulse response) as float32 mono at `sample_rate`."""
-    import soundfile as sf
+    """A recording (noise, impulse response) as float32 mono at `sample_rate`.
+
+    WAV needs nothing beyond scipy; other formats (FLAC, OGG, MP3) use soundfile when installed.
+    """
     import soxr
 
-    data, rate = sf.read(path, dtype="float32", always_2d=True)
-    mono = data.mean(axis=1)
+    if str(path).lower().endswith(".wav"):
+        from scipy.io import wavfile
+
+        rate, data = wavfile.read(path)
+        if np.issubdtype(data.dtype, np.integer):
+            data = data / float(np.iinfo(data.dtype).max + 1)
+        data = data.reshape(len(data), -1).astype(np.float32)
+    else:
+        import soundfile as sf
+
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    mono = data.mean(axis=1).astype(np.float32)
     return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono

@@ -54,6 +54,8 @@ class DataConfig:
     """Transforms applied to every split, every epoch, before augmentation (e.g. `[{name: denoise}]` for noisy inputs)."""
     augment_num_cpus: float = 1.0
     """CPUs each augmentation actor reserves."""
+    augment_concurrency: int = 0
+    """Upper bound on augmentation actors; 0 sizes the pool from the cluster's CPUs."""
     augment_resources: dict = field(default_factory=dict)
     """Extra Ray resources the augmentation stage requests, e.g. `{augment_cpu: 1}` for CPU-tier nodes."""
     quarantine: str | None = None
@@ -171,6 +173,7 @@ def validate(cfg: Config) -> Config:
     need(cfg.data.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", cfg.data.prepare_batch_size)
     need(cfg.data.prepare_num_cpus > 0, "data.prepare_num_cpus", "must be > 0", cfg.data.prepare_num_cpus)
     need(cfg.data.augment_num_cpus > 0, "data.augment_num_cpus", "must be > 0", cfg.data.augment_num_cpus)
+    need(cfg.data.augment_concurrency >= 0, "data.augment_concurrency", "must be >= 0", cfg.data.augment_concurrency)
     need(cfg.data.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", cfg.data.prepare_concurrency)
     for key, specs in (("augment", cfg.augment), ("data.preprocess", cfg.data.preprocess)):
         for i, spec in enumerate(specs):

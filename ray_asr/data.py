@@ -186,12 +186,12 @@ def open_sink(path: str | Path | None):
     return QuarantineSink.options(scheduling_strategy=here).remote(str(path) if path else None)
 
 
-def _actor_pool(cfg: Config, num_cpus: float):
-    """An actor pool that starts with one actor and grows while CPUs are free.
+def _actor_pool(max_actors: int, num_cpus: float):
+    """An actor pool that starts with one actor and grows while CPUs are free (up to `max_actors`; 0 = cluster size).
 
     Starting at full size deadlocks when trainers already hold part of the CPUs.
     """
-    size = cfg.data.prepare_concurrency or max(1, int(ray.cluster_resources().get("CPU", 1) / num_cpus))
+    size = max_actors or max(1, int(ray.cluster_resources().get("CPU", 1) / num_cpus))
     return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
 
 
@@ -217,7 +217,7 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
         },
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
-        compute=_actor_pool(cfg, cfg.data.prepare_num_cpus),
+        compute=_actor_pool(cfg.data.prepare_concurrency, cfg.data.prepare_num_cpus),
         num_cpus=cfg.data.prepare_num_cpus,
     )
     if split == "train":
@@ -282,7 +282,7 @@ def augment_stage(ds, cfg: Config):
                                "counter": PassCounter.remote()},
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
-        compute=_actor_pool(cfg, cfg.data.augment_num_cpus),
+        compute=_actor_pool(cfg.data.augment_concurrency, cfg.data.augment_num_cpus),
         num_cpus=cfg.data.augment_num_cpus,
         resources=cfg.data.augment_resources or None,
     )
