@@ -77,6 +77,18 @@ class DeepSpeedConfig:
 
 
 @dataclass
+class LoraConfig:
+    r: int = 16
+    """Adapter rank."""
+    alpha: int = 32
+    """Adapter scaling numerator (scale = alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the adapter input."""
+    target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
+    """Linear layers (by name) that get adapters; layers below the frozen depth never do."""
+
+
+@dataclass
 class TrainConfig:
     strategy: str = "full"
     """`full`, `freeze` (encoder frozen) or `lora` (peft adapters only)."""
@@ -92,6 +104,14 @@ class TrainConfig:
     """`bf16`, `fp16` or `fp32`."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     """DeepSpeed ZeRO settings."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """Adapter settings for `strategy: lora`."""
+    freeze_token_embeddings: bool = False
+    """Keep the decoder's token embeddings (tied to the output projection) frozen."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 10
+    """Linear learning-rate warm-up steps before linear decay."""
     seed: int = 0
     """Seed for initialisation, shuffling and augmentation."""
 
@@ -186,6 +206,12 @@ def validate(cfg: Config) -> Config:
     need(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
     need(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
     need(t.batch_size_per_worker >= 1, "train.batch_size_per_worker", "must be >= 1", t.batch_size_per_worker)
+    need(t.lora.r >= 1, "train.lora.r", "must be >= 1", t.lora.r)
+    need(t.lora.alpha > 0, "train.lora.alpha", "must be > 0", t.lora.alpha)
+    need(0 <= t.lora.dropout < 1, "train.lora.dropout", "must be in [0, 1)", t.lora.dropout)
+    need(bool(t.lora.target_modules), "train.lora.target_modules", "must name at least one module", t.lora.target_modules)
+    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
+    need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
     ds = t.deepspeed
     need(ds.stage in (0, 1, 2, 3), "train.deepspeed.stage", "must be 0, 1, 2 or 3", ds.stage)
     need(not ds.offload_param or ds.stage == 3, "train.deepspeed.offload_param", "needs stage 3", ds.offload_param)

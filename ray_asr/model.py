@@ -1,0 +1,72 @@
+"""Loading Whisper and shaping what trains: frozen depth, the freeze/full/LoRA strategies.
+
+Frozen depth N freezes the encoder's conv front end, its positions and its bottom N layers. Frozen
+layers cost no backward: the input features never require grad and neither do the frozen
+parameters, so autograd records nothing until the first trainable layer.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ray_asr.config import TrainConfig
+
+
+def load(path: str, attn_implementation: str = "sdpa"):
+    """`WhisperForConditionalGeneration` from an HF folder (SDPA attention: 2x eager on CPU)."""
+    from transformers import WhisperForConditionalGeneration
+
+    return WhisperForConditionalGeneration.from_pretrained(path, attn_implementation=attn_implementation)
+
+
+def frozen_depth(train: TrainConfig, encoder_layers: int) -> int:
+    """Encoder layers to freeze: the configured depth, or the strategy's default (all for `freeze`)."""
+    if train.frozen_encoder_layers is not None:
+        if train.frozen_encoder_layers > encoder_layers:
+            from ray_asr.config import ConfigError
+
+            raise ConfigError(f"train.frozen_encoder_layers: the model has {encoder_layers} encoder layers, "
+                              f"got {train.frozen_encoder_layers}")
+        return train.frozen_encoder_layers
+    return encoder_layers if train.strategy == "freeze" else 0
+
+
+def freeze_encoder(model, depth: int) -> None:
+    """Freezes the conv front end, positions and bottom `depth` layers (and the final norm when all are)."""
+    encoder = model.model.encoder
+    if depth == 0:
+        return
+    frozen = [encoder.conv1, encoder.conv2, encoder.embed_positions, *encoder.layers[:depth]]
+    if depth == len(encoder.layers):
+        frozen.append(encoder.layer_norm)
+    for module in frozen:
+        module.requires_grad_(False)
+
+
+def _adapter_targets(names: list[str], depth: int) -> str:
+    """A peft `target_modules` regex: the named linears, except in frozen encoder layers."""
+    frozen = "|".join(str(i) for i in range(depth))
+    skip = rf"(?!model\.encoder\.layers\.({frozen})\.)" if depth else ""
+    return rf"^{skip}model\.(encoder|decoder)\.layers\.\d+\..*\b({'|'.join(map(re.escape, names))})$"
+
+
+def apply_strategy(model, train: TrainConfig):
+    """Applies `train.strategy` and frozen depth; returns the model to train (a peft model for LoRA)."""
+    depth = frozen_depth(train, model.config.encoder_layers)
+    if train.strategy == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=train.lora.r, lora_alpha=train.lora.alpha, lora_dropout=train.lora.dropout,
+                          target_modules=_adapter_targets(train.lora.target_modules, depth))
+        return get_peft_model(model, lora)  # freezes every base weight, adapters train
+    freeze_encoder(model, depth)
+    if train.freeze_token_embeddings:
+        model.model.decoder.embed_tokens.requires_grad_(False)
+    return model
+
+
+def trainable_summary(model) -> dict:
+    """Trainable and total parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total, "share": trainable / max(total, 1)}
