@@ -11,6 +11,9 @@ def deepspeed_config(train: TrainConfig, total_steps: int) -> dict:
     ZeRO-3 gathers 16-bit weights on save so the exported model is one consolidated state dict.
     """
     ds = train.deepspeed
+    # DeepSpeed's WarmupDecayLR needs 1 <= warm-up < total steps.
+    warmup = max(1, min(train.warmup_steps, total_steps - 1))
+    total = max(total_steps, warmup + 1)
     zero: dict = {"stage": ds.stage}
     if ds.stage >= 1 and ds.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
@@ -28,8 +31,7 @@ def deepspeed_config(train: TrainConfig, total_steps: int) -> dict:
                                                   "weight_decay": train.weight_decay}},
         "scheduler": {"type": "WarmupDecayLR", "params": {
             "warmup_min_lr": 0.0, "warmup_max_lr": train.learning_rate, "warmup_type": "linear",
-            "warmup_num_steps": min(train.warmup_steps, max(total_steps - 1, 0)),
-            "total_num_steps": max(total_steps, 1)}},
+            "warmup_num_steps": warmup, "total_num_steps": total}},
         "steps_per_print": 10**9,  # progress lines come from the train loop, not DeepSpeed
         "wall_clock_breakdown": False,
     }
