@@ -1,7 +1,7 @@
 """The Ray Data pipeline: read → decode/resample/validate/tokenise → (augment) → trainers.
 
-    source shards ──read tasks──► raw rows ──Preparer actors (CPU tier)──► waveform + labels
-                                                 │
+    source shards ──read tasks──► raw rows ──Preparer actors──► waveform + labels ──Augmenter actors──► trainers
+                                                 │               (data.preprocess)    (train split only)
                                                  └── rejected rows ──► QuarantineSink actor ──► quarantine.jsonl
 
 Nothing is materialised: the dataset streams block by block into `TorchTrainer(datasets=...)`
