@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def power(x: np.ndarray) -> float:
@@ -48,3 +52,24 @@ def read_mono(path, sample_rate: int) -> np.ndarray:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
     mono = data.mean(axis=1).astype(np.float32)
     return soxr.resample(mono, rate, sample_rate) if rate != sample_rate else mono
+
+
+class Recordings:
+    """Audio files named directly or found in folders; each is read once per sample rate and kept."""
+
+    def __init__(self, items: list[str], suffixes: tuple[str, ...] = AUDIO_SUFFIXES):
+        self.paths: list[Path] = []
+        for item in items:
+            path = Path(item)
+            self.paths += sorted(q for q in path.rglob("*") if q.suffix.lower() in suffixes) if path.is_dir() else [path]
+        self._cache: dict[tuple[Path, int], np.ndarray] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.paths)
+
+    def pick(self, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
+        """One recording, drawn uniformly, as float32 mono at `sample_rate`."""
+        key = (self.paths[int(rng.integers(len(self.paths)))], sample_rate)
+        if key not in self._cache:
+            self._cache[key] = read_mono(*key)
+        return self._cache[key]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy.signal import fftconvolve
 
-from augment._util import draw, power
+from augment._util import Recordings, draw, power
 from augment.chain import register
 
 DECAY_60DB = 3 * np.log(10)  # amplitude exp(-a·t) falls 60 dB at t = RT60 when a = 3·ln(10)/RT60
@@ -48,21 +47,11 @@ class Echo:
     """Recorded impulse responses (files or folders) used instead of synthetic ones."""
 
     def __post_init__(self) -> None:
-        paths = []
-        for item in self.rir_files:
-            p = Path(item)
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".wav", ".flac")) if p.is_dir() else [p]
-        self._paths = paths
-        self._cache: dict[tuple[Path, int], np.ndarray] = {}
+        self._recordings = Recordings(self.rir_files, suffixes=(".wav", ".flac"))
 
     def rir(self, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-        if self._paths:
-            from augment._util import read_mono
-
-            key = (self._paths[int(rng.integers(len(self._paths)))], sample_rate)
-            if key not in self._cache:
-                self._cache[key] = read_mono(*key)
-            return self._cache[key]
+        if self._recordings:
+            return self._recordings.pick(sample_rate, rng)
         return synthetic_rir(draw(rng, self.rt60_s), draw(rng, self.drr_db), sample_rate, rng)
 
     def __call__(self, audio: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:

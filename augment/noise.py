@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from augment._util import draw, fit_length, power, read_mono
+from augment._util import Recordings, draw, fit_length, power
 from augment.chain import register
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def coloured_noise(n: int, colour: str, rng: np.random.Generator) -> np.ndarray:
@@ -42,24 +39,12 @@ class Noise:
         for colour in self.colours:
             if colour not in ("white", "pink", "brown"):
                 raise ValueError(f"colours: unknown colour {colour!r} (white, pink, brown)")
-        paths = []
-        for item in self.files:
-            p = Path(item)
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in AUDIO_SUFFIXES) if p.is_dir() else [p]
-        self._paths = paths
-        self._cache: dict[tuple[Path, int], np.ndarray] = {}
-
-    def _recording(self, path: Path, sample_rate: int) -> np.ndarray:
-        key = (path, sample_rate)
-        if key not in self._cache:
-            self._cache[key] = read_mono(path, sample_rate)
-        return self._cache[key]
+        self._recordings = Recordings(self.files)
 
     def __call__(self, audio: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
         snr = draw(rng, self.snr_db)
-        if self._paths:
-            path = self._paths[int(rng.integers(len(self._paths)))]
-            noise = fit_length(self._recording(path, sample_rate), len(audio), rng).astype(np.float64)
+        if self._recordings:
+            noise = fit_length(self._recordings.pick(sample_rate, rng), len(audio), rng).astype(np.float64)
         else:
             noise = coloured_noise(len(audio), self.colours[int(rng.integers(len(self.colours)))], rng)
         signal_power, noise_power = power(audio), power(noise)
