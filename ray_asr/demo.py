@@ -14,7 +14,7 @@ import ray
 from ray_asr import cluster, config, data, demo_corpus
 from ray_asr.collate import WhisperCollator
 from ray_asr.ct2 import import_ct2
-from ray_asr.validate import format_table
+from ray_asr.validate import format_table, validate_split
 
 SPLITS = {"train": "train", "eval": "eval", "general_eval": "general"}
 
@@ -46,9 +46,7 @@ def run(workdir: str | Path = ".") -> dict:
     sink = data.open_sink(cfg.quarantine_path)
     results = {}
     for split in SPLITS:
-        for _ in data.build_dataset(cfg, split, sink).iter_batches(batch_size=256, batch_format="pyarrow"):
-            pass
-        results[split] = ray.get(sink.summary.remote(split))
+        results[split] = validate_split(cfg, split, sink)
         print(f"\n{split} ({manifests[split]})\n{format_table(results[split])}")
     collate = WhisperCollator(wire_dtype=cfg.data.wire_dtype)
     start, clips = time.perf_counter(), 0

@@ -28,9 +28,6 @@ class LabelTokenizer:
     eos_token_id: int
     """`<|endoftext|>`."""
 
-    def __call__(self, text: str) -> list[int]:
-        return [*self.prefix, *self.backend.encode(text, add_special_tokens=False).ids, self.eos_token_id]
-
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
@@ -57,7 +54,7 @@ def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
 
 def encode(tokenizer: LabelTokenizer, text: str) -> list[int]:
     """Label ids for one transcript, ending in end-of-text, without the start token."""
-    return tokenizer(text)
+    return [*tokenizer.prefix, *tokenizer.backend.encode(text, add_special_tokens=False).ids, tokenizer.eos_token_id]
 
 
 def fits(labels: list[int]) -> bool:

@@ -7,6 +7,13 @@ import ray
 from ray_asr import config, data
 
 
+def validate_split(cfg: config.Config, split: str, sink, enforce_limit: bool = True) -> dict:
+    """Streams one split of `cfg` through the pipeline, discarding rows, and returns its sink summary."""
+    for _ in data.build_dataset(cfg, split, sink, enforce_limit).iter_batches(batch_size=256, batch_format="pyarrow"):
+        pass
+    return ray.get(sink.summary.remote(split))
+
+
 def validate_source(source: str, tokenizer_dir: str, quarantine: str | None = None, language: str = "en",
                     max_duration_s: float = 30.0) -> dict:
     """Streams `source` through decode/resample/validate/tokenise on the running Ray.
@@ -17,10 +24,7 @@ def validate_source(source: str, tokenizer_dir: str, quarantine: str | None = No
                             "data": {"train": source, "max_duration_s": max_duration_s}})
     sink = data.open_sink(quarantine)
     try:
-        ds = data.build_dataset(cfg, "train", sink, enforce_limit=False)
-        for _ in ds.iter_batches(batch_size=256, batch_format="pyarrow"):
-            pass
-        return ray.get(sink.summary.remote("train"))
+        return validate_split(cfg, "train", sink, enforce_limit=False)
     finally:
         ray.get(sink.close.remote())
 
