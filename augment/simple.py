@@ -44,11 +44,9 @@ class TimeShift:
     """Largest shift in seconds."""
 
     def __call__(self, audio: np.ndarray, sample_rate: int, rng: np.random.Generator) -> np.ndarray:
-        limit = min(int(self.max_s * sample_rate), len(audio))
-        shift = int(rng.integers(-limit, limit + 1))
-        out = np.zeros_like(audio, dtype=np.float32)
-        if shift >= 0:
-            out[shift:] = audio[: len(audio) - shift]
-        else:
-            out[:shift] = audio[-shift:]
-        return out
+        limit = min(self.max_s * sample_rate, len(audio))
+        # A continuous draw (sub-sample shifts by linear interpolation): two seeds never collide on
+        # the same integer shift, and the shift is not quantised to the sample grid.
+        shift = rng.uniform(-limit, limit)
+        index = np.arange(len(audio))
+        return np.interp(index - shift, index, audio, left=0.0, right=0.0).astype(np.float32)

@@ -135,3 +135,19 @@ def test_augment_stands_alone():
     code = "import sys, augment; print(sorted(m for m in ('ray', 'ray_asr', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_time_shift_moves_the_signal_and_fills_silence():
+    from augment.simple import TimeShift
+
+    class FixedDraw:  # a generator whose uniform draw is a 2-sample shift
+        def uniform(self, lo, hi):
+            return 2.0
+
+    out = TimeShift(max_s=1.0)(np.arange(1, 11, dtype=np.float32), 10, FixedDraw())
+    assert out.tolist() == [0, 0, 1, 2, 3, 4, 5, 6, 7, 8]
+    # seeds that once drew the same integer shift now give different audio
+    audio = speech_like(1.0)
+    shift = augment.build([{"name": "time_shift"}])
+    assert not np.array_equal(shift(audio, RATE, np.random.default_rng(36640)),
+                              shift(audio, RATE, np.random.default_rng(36641)))
