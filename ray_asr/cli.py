@@ -17,6 +17,14 @@ def _not_yet(name: str):
     return run
 
 
+def _finetune(args) -> int:
+    from ray_asr import builtin, config, finetune
+
+    cfg = builtin.resolve(config.load(args.config, args.overrides))
+    summary = finetune.run(cfg)
+    return EXIT_OK if summary else EXIT_BAD_INPUT
+
+
 def _validate(args) -> int:
     from ray_asr import cluster
     from ray_asr.sources import SourceError
@@ -73,11 +81,11 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ray-asr", description="Fine-tune Whisper on your own speech with Ray.")
     sub = top.add_subparsers(dest="command", required=True)
 
-    for name in ("finetune", "tune"):
+    for name, run in (("finetune", _finetune), ("tune", _not_yet("tune"))):
         p = sub.add_parser(name, help=f"{name} (Ray {'Train' if name == 'finetune' else 'Tune'})")
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="dotted.key=value")
-        p.set_defaults(run=_not_yet(name))
+        p.set_defaults(run=run)
     p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest")
     p.add_argument("model_dir")
     p.add_argument("manifest")

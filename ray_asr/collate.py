@@ -41,6 +41,8 @@ class WhisperCollator(NumpyBatchCollateFn):
     """SpecAugment settings (`time_masks`, `time_width`, `freq_masks`, `freq_width`); None = off."""
     seed: int = 0
     """Seed of the SpecAugment generator (give each worker its own, e.g. seed + rank)."""
+    keep: tuple = ()
+    """Columns passed through as Python lists (e.g. `("id", "text")` for evaluation)."""
 
     def __post_init__(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
@@ -54,4 +56,6 @@ class WhisperCollator(NumpyBatchCollateFn):
         features = log_mel(stacked.to(self.device), self.n_mels)  # (batch, n_mels, 3000)
         if self.spec_augment is not None:
             features = spec_augment(features, self._generator, **self.spec_augment)
-        return {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}
+        out = {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}
+        out.update((name, batch[name].tolist()) for name in self.keep)
+        return out

@@ -114,6 +114,24 @@ class TrainConfig:
     """Linear learning-rate warm-up steps before linear decay."""
     seed: int = 0
     """Seed for initialisation, shuffling and augmentation."""
+    eval_every_steps: int = 0
+    """Evaluate (and checkpoint) every N optimizer steps; 0 = at the end of each epoch only."""
+    eval_at_start: bool = False
+    """Evaluate the starting model before training too: the baseline every later row compares with."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in backward: less memory, about a third more compute."""
+    shuffle_buffer: int = 64
+    """Clips each worker shuffles locally as they stream in (0 = stream order)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept, best eval WER first (the latest is always kept too)."""
+    max_failures: int = 2
+    """Worker failures survived: the worker group restarts from the last checkpoint."""
+    storage_path: str | None = None
+    """Where Ray Train keeps checkpoints (local folder, NFS or `s3://...`); default `<output_dir>/checkpoints`."""
+    run_name: str = "finetune"
+    """Run name under `storage_path`: rerunning with the same name resumes from its last checkpoint."""
+    fail_at_step: int = 0
+    """Fault injection for tests: rank 1 (rank 0 with one worker) dies once at this step; 0 = off."""
 
 
 @dataclass
@@ -212,6 +230,13 @@ def validate(cfg: Config) -> Config:
     need(bool(t.lora.target_modules), "train.lora.target_modules", "must name at least one module", t.lora.target_modules)
     need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
     need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
+    need(t.eval_every_steps >= 0, "train.eval_every_steps", "must be >= 0", t.eval_every_steps)
+    need(t.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0", t.shuffle_buffer)
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
+    need(t.max_failures >= 0, "train.max_failures", "must be >= 0", t.max_failures)
+    need(bool(t.run_name) and "/" not in t.run_name, "train.run_name", "must be a non-empty name without /",
+         t.run_name)
+    need(t.fail_at_step >= 0, "train.fail_at_step", "must be >= 0", t.fail_at_step)
     ds = t.deepspeed
     need(ds.stage in (0, 1, 2, 3), "train.deepspeed.stage", "must be 0, 1, 2 or 3", ds.stage)
     need(not ds.offload_param or ds.stage == 3, "train.deepspeed.offload_param", "needs stage 3", ds.offload_param)

@@ -39,3 +39,28 @@ def error_rates(references: list[str], hypotheses: list[str], language: str = "e
         "insertions": words.insertions,
         "num_utterances": len(pairs),
     }
+
+
+# A phrase said four times running is a decoding loop, not speech ("the the" is speech; "....",
+# "and and and and" are not). Eight tokens covers a short looping phrase in Whisper's BPE.
+LOOP_REPEATS = 4
+LOOP_MAX_NGRAM = 8
+
+
+def has_loop(ids: list[int], max_n: int = LOOP_MAX_NGRAM, repeats: int = LOOP_REPEATS) -> bool:
+    """Whether some n-gram (n <= max_n) of `ids` occurs `repeats` times back to back."""
+    for n in range(1, max_n + 1):
+        span = n * repeats
+        for start in range(len(ids) - span + 1):
+            gram = ids[start : start + n]
+            if all(ids[start + k * n : start + (k + 1) * n] == gram for k in range(1, repeats)):
+                return True
+    return False
+
+
+def report(rows: list[dict], language: str = "en") -> dict:
+    """Metrics of generated rows `{"reference", "hypothesis", "runaway", "looping"}`: the DESIGN.md keys."""
+    out = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows], language)
+    out["runaway_outputs"] = sum(bool(r["runaway"]) for r in rows)
+    out["repetition_rate"] = sum(bool(r["looping"]) for r in rows) / max(len(rows), 1)
+    return out

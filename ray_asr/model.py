@@ -67,6 +67,9 @@ def apply_strategy(model, train: TrainConfig):
 
 def trainable_summary(model) -> dict:
     """Trainable and total parameter counts."""
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    def count(p) -> int:
+        return getattr(p, "ds_numel", p.numel())  # ZeRO-3 leaves each rank an empty shell of the full size
+
+    total = sum(count(p) for p in model.parameters())
+    trainable = sum(count(p) for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total, "share": trainable / max(total, 1)}

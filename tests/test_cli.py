@@ -8,12 +8,24 @@ from ray_asr.cli import main
 
 
 @pytest.mark.parametrize("argv", [
-    ["finetune", "configs/demo.yaml"], ["tune", "configs/demo.yaml"], ["evaluate", "m", "x.jsonl"],
+    ["tune", "configs/demo.yaml"], ["evaluate", "m", "x.jsonl"],
     ["transcribe", "m", "a.wav"], ["export", "runs/x", "--format", "hf", "--out", "o"],
 ])
 def test_commands_of_later_milestones_say_so(argv, capsys):
     assert main(argv) == 2
     assert "not implemented yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("override", "field"), [
+    ("train.learning_rate=-1", "train.learning_rate: must be > 0"),
+    ("train.eval_every_steps=-2", "train.eval_every_steps: must be >= 0"),
+    ("data.train=null", "data.train: must be set for finetune"),
+    ("model.name_or_path=builtin:huge", "model.name_or_path: unknown built-in"),
+])
+def test_finetune_bad_config_is_one_line_naming_the_field(override, field, capsys):
+    assert main(["finetune", "configs/smoke.yaml", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and field in err
 
 
 def test_import_ct2_bad_folder_is_one_line(tmp_path, capsys):

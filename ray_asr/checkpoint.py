@@ -1,0 +1,66 @@
+"""Run checkpoints: every rank's DeepSpeed shard plus the loop's own state, as one Ray Train checkpoint.
+
+    <checkpoint>/state.json          step, epoch, batches done in the epoch, eval history (rank 0)
+    <checkpoint>/ds/...              DeepSpeed: module (trainable parameters only), optimizer and
+                                     scheduler state, one file set per rank (names carry the rank)
+    <checkpoint>/model/              only in a finished run's final checkpoint: the export
+
+Ray Train V2 uploads what each rank reports into the same checkpoint folder, so the ranks' shards
+meet there. Loading never unpickles arbitrary objects: DeepSpeed's reader is swapped for one that
+calls `torch.load(weights_only=True)` with an allow-list of the few DeepSpeed types it stores.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+STATE_FILE = "state.json"
+DS_TAG = "ds"
+
+
+def _allowed_globals() -> list:
+    """Non-tensor types DeepSpeed writes into its checkpoints (found with `get_unsafe_globals_in_checkpoint`)."""
+    import collections
+
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address, collections.OrderedDict, set]
+
+
+def use_safe_loading(engine) -> None:
+    """Makes `engine.load_checkpoint` read with `torch.load(weights_only=True)`."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    allowed = _allowed_globals()
+
+    class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+        def load(self, path: str, map_location=None):
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
+
+
+def save(engine, folder: Path, state: dict | None) -> None:
+    """Writes this rank's DeepSpeed shard into `folder` (collective: every rank calls it) and, on rank 0, state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    engine.save_checkpoint(str(folder), tag=DS_TAG, exclude_frozen_parameters=True)
+    if state is not None:
+        (folder / STATE_FILE).write_text(json.dumps(state))
+
+
+def read_state(folder: Path) -> dict:
+    return json.loads((Path(folder) / STATE_FILE).read_text())
+
+
+def load(engine, folder: Path) -> None:
+    """Restores module, optimizer and scheduler from a checkpoint folder (collective)."""
+    path, _ = engine.load_checkpoint(str(folder), tag=DS_TAG, load_module_strict=False,
+                                     load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise RuntimeError(f"{folder}: no DeepSpeed checkpoint to resume from")

@@ -1,0 +1,176 @@
+"""`ray-asr finetune`: the driver. Builds the streaming datasets, runs the TorchTrainer, writes outputs.
+
+    output_dir/model/            exported Whisper (from the run's final checkpoint)
+    output_dir/adapter/          LoRA only: the unmerged peft adapter
+    output_dir/metrics.json      final metrics of `eval` and `general_eval`, plus the run's step count
+    output_dir/history.json      one row per evaluation
+    output_dir/training.png      loss, eval WER and general WER against steps
+    output_dir/quarantine.jsonl  rejected input rows
+
+Checkpoints live under `train.storage_path/train.run_name`; rerunning the same command resumes
+from the last one (a finished run is not trained again).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from ray_asr import checkpoint, cluster, data, plots
+from ray_asr.config import Config
+from ray_asr.train import EVAL_SPLITS, train_loop_per_worker
+
+
+def storage_path(cfg: Config) -> str:
+    """Checkpoint storage: `train.storage_path` (URIs kept as they are) or `<output_dir>/checkpoints`, absolute."""
+    path = cfg.train.storage_path or str(Path(cfg.output_dir) / "checkpoints")
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _plan(cfg: Config, datasets: dict, rows: int) -> dict:
+    per_step = cfg.train.batch_size_per_worker * cfg.scaling.num_workers * cfg.train.deepspeed.gradient_accumulation_steps
+    return {"steps_per_epoch": max(1, math.ceil(rows / per_step)),
+            "eval_splits": [s for s in EVAL_SPLITS if s in datasets],
+            "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None}
+
+
+def trainer(cfg: Config, sink) -> TorchTrainer:
+    """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy."""
+    datasets = {"train": data.build_dataset(cfg, "train", sink)}
+    for split in EVAL_SPLITS:
+        if getattr(cfg.data, split):
+            datasets[split] = data.build_dataset(cfg, split, sink)
+    planned = data.ManifestDatasource(cfg.data.train).num_rows
+    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": _config_dict(cfg), "plan": _plan(cfg, datasets, planned)},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=cfg.train.run_name, storage_path=storage_path(cfg),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                                         checkpoint_score_attribute="wer" if cfg.data.eval else None,
+                                                         checkpoint_score_order="min"),
+        ),
+        datasets=datasets,
+        dataset_config=data.ExactSplitDataConfig(),
+    )
+
+
+def _config_dict(cfg: Config) -> dict:
+    from ray_asr.config import to_dict
+
+    values = to_dict(cfg)
+    # Workers may run elsewhere: paths they read must not depend on the driver's working directory.
+    values["model"]["name_or_path"] = _absolute(cfg.model.name_or_path)
+    return values
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).resolve()) if Path(path).exists() else path
+
+
+def finished_checkpoint(cfg: Config):
+    """The final checkpoint of a finished run with this storage and name (as many epochs), or None."""
+    import pyarrow.fs
+
+    base = storage_path(cfg)
+    fs, root = pyarrow.fs.FileSystem.from_uri(base if "://" in base else Path(base).as_uri())
+    found = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{cfg.train.run_name}", allow_not_found=True))
+    steps = sorted(info.path for info in found if info.base_name.startswith("step-"))
+    if not steps:
+        return None
+    try:
+        with fs.open_input_stream(f"{steps[-1]}/{checkpoint.STATE_FILE}") as stream:
+            state = json.loads(stream.read())
+    except FileNotFoundError:
+        return None
+    if not state["done"] or state["epoch"] < cfg.train.epochs:
+        return None
+    return ray.train.Checkpoint(steps[-1], filesystem=fs)
+
+
+def collect(cfg: Config, final_checkpoint, steps_run: int | None) -> dict:
+    """Copies the final checkpoint's export into `output_dir` and writes metrics, history and the plot."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if final_checkpoint is None:
+        raise RuntimeError("the run reported no checkpoint")
+    with final_checkpoint.as_directory() as folder:
+        folder = Path(folder)
+        if not (folder / "model").is_dir():
+            raise RuntimeError(f"{folder}: the last checkpoint has no exported model (run unfinished?)")
+        for name in ("model", "adapter"):
+            if (folder / name).is_dir():
+                shutil.rmtree(out / name, ignore_errors=True)
+                shutil.copytree(folder / name, out / name)
+        history = json.loads((folder / "history.json").read_text())
+    final = history[-1]
+    summary = {split: {key.removeprefix(prefix): value for key, value in final.items()
+                       if key.startswith(prefix) and key.removeprefix(prefix) in METRIC_KEYS}
+               for split, prefix in EVAL_SPLITS.items() if f"{prefix}wer" in final}
+    summary["step"], summary["epoch"], summary["steps_run"] = final["step"], final["epoch"], steps_run
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (out / "history.json").write_text(json.dumps(history, indent=1))
+    plots.training_curves(history, out / "training.png")
+    return summary
+
+
+METRIC_KEYS = ("wer", "cer", "substitutions", "deletions", "insertions", "num_utterances", "runaway_outputs",
+               "repetition_rate", "eval_loss")
+
+
+def summary_table(summary: dict) -> str:
+    """The final table: one column per evaluated split."""
+    splits = [s for s in EVAL_SPLITS if s in summary]
+    lines = [f"{'metric':<18}" + "".join(f"{s:>14}" for s in splits)]
+    for key in METRIC_KEYS:
+        cells = []
+        for split in splits:
+            value = summary[split].get(key)
+            cells.append(f"{value:>14.2%}" if key in ("wer", "cer", "repetition_rate") else f"{value:>14.4g}")
+        lines.append(f"{key:<18}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def _print_rejections(cfg: Config, sink) -> None:
+    for split in ("train", *EVAL_SPLITS):
+        if getattr(cfg.data, split):
+            counts = ray.get(sink.summary.remote(split))
+            if counts["rejected"]:
+                print(f"data.{split}: {counts['rejected']} rows rejected {counts['reasons']}; see {cfg.quarantine_path}")
+
+
+def run(cfg: Config) -> dict:
+    """One fine-tuning run end to end; returns the summary written to metrics.json."""
+    if not cfg.data.train:
+        from ray_asr.config import ConfigError
+
+        raise ConfigError("data.train: must be set for finetune")
+    done = finished_checkpoint(cfg)
+    if done is not None:
+        print(f"{cfg.train.run_name}: already finished ({done.path}); writing its outputs again, training nothing")
+        summary = collect(cfg, done, steps_run=0)
+    else:
+        cluster.connect(cfg.ray.address)
+        # One overall bar per dataset; per-operator bars flood logs that are not a terminal (jobs, CI).
+        ray.data.DataContext.get_current().enable_operator_progress_bars = False
+        sink = data.open_sink(cfg.quarantine_path)
+        try:
+            result = trainer(cfg, sink).fit()
+            _print_rejections(cfg, sink)
+        finally:
+            ray.get(sink.close.remote())
+        summary = collect(cfg, result.checkpoint, steps_run=result.metrics.get("steps_run"))
+    print(f"\n{summary_table(summary)}\n\nmodel: {Path(cfg.output_dir) / 'model'}")
+    return summary

@@ -1,0 +1,250 @@
+"""The recipe every Ray Train worker runs: Whisper under DeepSpeed ZeRO, evaluated and checkpointed.
+
+    load Whisper → strategy + frozen depth → deepspeed.initialize (over Ray's process group)
+    → resume from the last Ray checkpoint, if any
+    → per epoch: stream this worker's share of `train` → log-mel on the worker → forward/backward/step
+         every `eval_every_steps` and at each epoch's end: sharded generation on `eval` (and
+         `general_eval`), gathered → metrics → checkpoint (every rank's DeepSpeed shard) → report
+    → the last checkpoint also carries the exported model
+
+Ranks stay in lock-step: shares of a streaming split differ by up to a block, so a rank whose
+share has run out steps on a zero-weighted dummy batch until every rank is done (DeepSpeed's
+gradient all-reduce, and ZeRO-3's parameter gathers, need every rank in every step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed as dist
+
+from ray_asr import checkpoint, config, evaluate, export, labels, metrics
+from ray_asr import model as model_lib
+from ray_asr.collate import WhisperCollator
+from ray_asr.zero import deepspeed_config
+
+# Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
+log = logging.getLogger(__name__)
+EVAL_SPLITS = {"eval": "", "general_eval": "general_"}  # split → metric key prefix
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def lockstep(batches, dummy, device):
+    """Yields `(batch, real)` until every rank's iterator is exhausted; spent ranks get `(dummy, False)`."""
+    iterator = iter(batches)
+    while True:
+        batch = next(iterator, None)
+        more = torch.tensor([0 if batch is None else 1], device=device)
+        dist.all_reduce(more, op=dist.ReduceOp.MAX)
+        if not more.item():
+            return
+        yield (batch, True) if batch is not None else (dummy, False)
+
+
+def _dummy_batch(n_mels: int, eos: int, device) -> dict:
+    """One silent clip whose label is end-of-text: a harmless forward for a rank with no data left."""
+    return {"input_features": torch.zeros(1, n_mels, 3000, device=device),
+            "labels": torch.tensor([[eos]], device=device), "id": [""], "text": [""]}
+
+
+class Worker:
+    """One rank's training state: engine, data iterators, counters. `run()` is the whole recipe."""
+
+    def __init__(self, loop_config: dict):
+        self.cfg = config.from_dict(loop_config["config"])
+        self.plan = loop_config["plan"]
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        # Ray pins OMP_NUM_THREADS to the worker's whole CPUs; match torch's intra-op pool to it.
+        torch.set_num_threads(max(1, int(self.cfg.scaling.cpus_per_worker)))
+        self.device = ray.train.torch.get_device()
+        self.dtype = DTYPES[self.cfg.train.precision]
+        self.tokenizer = labels.load_tokenizer(self.cfg.model.name_or_path, self.cfg.model.language, self.cfg.model.task)
+        self.engine = self._engine()
+        n_mels = self.engine.module.config.num_mel_bins
+        self.collate = WhisperCollator(n_mels=n_mels, wire_dtype=self.cfg.data.wire_dtype, device=self.device,
+                                       keep=("id", "text"))
+        self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
+        self.state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "done": False, "final": None}
+        self.loss_sum, self.loss_count, self.steps_run = 0.0, 0, 0
+
+    def _engine(self):
+        import deepspeed
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        torch.manual_seed(self.cfg.train.seed)
+        net = model_lib.apply_strategy(model_lib.load(self.cfg.model.name_or_path), self.cfg.train)
+        if self.cfg.train.gradient_checkpointing:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        total = self.plan["steps_per_epoch"] * self.cfg.train.epochs
+        deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins Ray's process group
+        engine, *_ = deepspeed.initialize(model=net, model_parameters=[p for p in net.parameters() if p.requires_grad],
+                                          config=deepspeed_config(self.cfg.train, total))
+        checkpoint.use_safe_loading(engine)
+        if self.rank == 0:
+            share = model_lib.trainable_summary(engine.module)
+            log.info(f"[train] {self.cfg.train.strategy}: {share['trainable']:,} of {share['total']:,} parameters "
+                  f"train ({share['share']:.1%}); ZeRO-{self.cfg.train.deepspeed.stage}, {self.cfg.train.precision}, "
+                  f"{self.world} workers, ~{total} steps")
+        return engine
+
+    def resume(self) -> None:
+        found = ray.train.get_checkpoint()
+        if found is None:
+            return
+        with found.as_directory() as folder:
+            self.state = checkpoint.read_state(Path(folder))
+            if self.state["epoch"] < self.cfg.train.epochs:  # finished with fewer epochs: train on
+                self.state["done"] = False
+            if not self.state["done"]:
+                checkpoint.load(self.engine, Path(folder))
+        if self.rank == 0:
+            where = "finished" if self.state["done"] else f"epoch {self.state['epoch']}, batch {self.state['batches_done']}"
+            log.info(f"[train] resumed from checkpoint at step {self.state['step']} ({where})")
+
+    def run(self) -> None:
+        self.resume()
+        if self.state["done"]:  # a finished run: report its final metrics again, train nothing
+            ray.train.report({**self.state["final"], "steps_run": 0})
+            return
+        every = self.cfg.train.eval_every_steps
+        if self.cfg.train.eval_at_start and not self.state["history"]:
+            row = self._eval_row(epoch=0)
+            self.state["history"].append(row)
+            ray.train.report({**row, "steps_run": 0, "done": False})
+        for epoch in range(self.state["epoch"], self.cfg.train.epochs):
+            shard = ray.train.get_dataset_shard("train")
+            batches = shard.iter_torch_batches(
+                batch_size=self.cfg.train.batch_size_per_worker, collate_fn=self.collate, prefetch_batches=2,
+                local_shuffle_buffer_size=self.cfg.train.shuffle_buffer or None,
+                local_shuffle_seed=self.cfg.train.seed + 1000 * epoch + self.rank)
+            skip = self.state["batches_done"]  # resumed mid-epoch: batches trained before the restart
+            for n, (batch, real) in enumerate(lockstep(batches, self.dummy, self.device)):
+                if n < skip:
+                    continue
+                stepped = self._train_step(batch, real)
+                self.state["batches_done"] = n + 1
+                if stepped and every and self.state["step"] % every == 0:
+                    self._evaluate_and_checkpoint(epoch + 1, final=False)  # the epoch in progress
+            self.state["epoch"], self.state["batches_done"] = epoch + 1, 0
+            self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
+
+    def _train_step(self, batch: dict, real: bool) -> bool:
+        """One micro-batch; returns whether the optimizer stepped."""
+        self._maybe_fail()
+        self.engine.train()
+        before = self.engine.global_steps
+        out = self.engine(input_features=batch["input_features"].to(self.dtype), labels=batch["labels"])
+        self.engine.backward(out.loss if real else out.loss * 0.0)
+        self.engine.step()
+        if real:
+            self.loss_sum += out.loss.item()
+            self.loss_count += 1
+        stepped = self.engine.global_steps != before
+        if stepped:
+            self.state["step"] = self.engine.global_steps
+            self.steps_run += 1
+        return stepped
+
+    def _maybe_fail(self) -> None:
+        """Fault injection (`train.fail_at_step`): the last rank dies once, at that step."""
+        step, marker = self.cfg.train.fail_at_step, self.plan.get("fault_marker")
+        if not step or self.state["step"] != step or self.rank != self.world - 1 or marker is None:
+            return
+        if not Path(marker).exists():
+            Path(marker).write_text(f"rank {self.rank} exited at step {step}\n")
+            log.warning(f"[train] fault injection: rank {self.rank} exits at step {step}")
+            os._exit(1)
+
+    def _evaluate(self, split: str) -> dict:
+        """Sharded generation on one split, gathered on every rank."""
+        model = self.engine.module
+        model.eval()
+        synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1
+        shard = ray.train.get_dataset_shard(split)
+        rows, loss_sum, loss_n = [], 0.0, 0
+        batches = shard.iter_torch_batches(batch_size=self.cfg.train.batch_size_per_worker, collate_fn=self.collate)
+        with torch.no_grad():
+            for batch, real in lockstep(batches, self.dummy, self.device):
+                features = batch["input_features"].to(self.dtype)
+                loss = model(input_features=features, labels=batch["labels"]).loss
+                limit = torch.tensor([evaluate.token_limit(batch["labels"])], device=self.device)
+                dist.all_reduce(limit, op=dist.ReduceOp.MAX)  # one limit, so synced ranks agree on the length
+                ids, runaway = evaluate.generate(model, features, int(limit.item()), self.tokenizer.eos_token_id, synced)
+                if real:
+                    loss_sum += loss.item() * len(ids)
+                    loss_n += len(ids)
+                    rows += evaluate.rows(self.tokenizer, ids, runaway, batch["text"], batch["id"])
+        gathered = [None] * self.world
+        dist.all_gather_object(gathered, (rows, loss_sum, loss_n))
+        all_rows = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["id"])
+        result = metrics.report(all_rows, self.cfg.model.language)
+        result["loss"] = sum(s for _, s, _ in gathered) / max(sum(n for _, _, n in gathered), 1)
+        return result
+
+    def _train_loss(self) -> float:
+        totals = torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(totals)
+        self.loss_sum, self.loss_count = 0.0, 0
+        return float(totals[0] / totals[1]) if totals[1] else float("nan")
+
+    def _eval_row(self, epoch: int) -> dict:
+        """Train loss since the last row, and every eval split's metrics (logged on rank 0)."""
+        started = time.perf_counter()
+        row = {"step": self.state["step"], "epoch": epoch, "train_loss": self._train_loss()}
+        for split, prefix in EVAL_SPLITS.items():
+            if split in self.plan["eval_splits"]:
+                found = self._evaluate(split)
+                row.update({f"{prefix}{'eval_loss' if key == 'loss' else key}": value for key, value in found.items()})
+        row["eval_seconds"] = round(time.perf_counter() - started, 1)
+        if self.rank == 0:
+            log.info(_eval_line(row))
+        return row
+
+    def _evaluate_and_checkpoint(self, epoch: int, final: bool) -> None:
+        """Evaluates and checkpoints, once per step: an epoch's end that falls on the eval cadence, or a
+        step evaluated before a restart, is not evaluated again (the final checkpoint is still written)."""
+        if self.state.get("evaluated_step") == self.state["step"] and self.state["history"]:
+            if not final:
+                return
+            row = self.state["history"][-1]
+        else:
+            row = self._eval_row(epoch)
+            self.state["history"].append(row)
+            self.state["evaluated_step"] = self.state["step"]
+        trainable = export.trainable_state(self.engine) if final else None  # collective under ZeRO-3
+        if final:
+            self.state["done"], self.state["final"] = True, row
+        with tempfile.TemporaryDirectory(prefix="ray-asr-ckpt-") as tmp:
+            folder = Path(tmp)
+            checkpoint.save(self.engine, folder, self.state if self.rank == 0 else None)
+            if final and self.rank == 0:
+                export.write(self.cfg, trainable, folder / "model", adapter_out=folder / "adapter")
+                (folder / "history.json").write_text(json.dumps(self.state["history"], indent=1))
+            ray.train.report({**row, "steps_run": self.steps_run, "done": final},
+                             checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
+                             checkpoint_dir_name=f"step-{self.state['step']:07d}{'-final' if final else ''}")
+
+
+def _eval_line(row: dict) -> str:
+    parts = [f"[eval] step {row['step']} epoch {row['epoch']}", f"train loss {row['train_loss']:.3f}"]
+    if row["step"] == 0:
+        parts[1] = "before training"
+    for prefix, name in (("", "eval"), ("general_", "general")):
+        if f"{prefix}wer" in row:
+            parts.append(f"{name} loss {row[f'{prefix}eval_loss']:.3f} WER {row[f'{prefix}wer']:.2%} "
+                         f"CER {row[f'{prefix}cer']:.2%} runaway {row[f'{prefix}runaway_outputs']}")
+    return " | ".join(parts) + f" | {row['eval_seconds']:.1f} s"
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Ray Train entry point: `loop_config = {"config": Config as dict, "plan": {...}}` (see `ray_asr.finetune`)."""
+    Worker(loop_config).run()
