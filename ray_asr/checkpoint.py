@@ -32,8 +32,8 @@ def _allowed_globals() -> list:
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address, collections.OrderedDict, set]
 
 
-def use_safe_loading(engine) -> None:
-    """Makes `engine.load_checkpoint` read with `torch.load(weights_only=True)`."""
+def weights_only_engine(ds_config=None):
+    """A DeepSpeed checkpoint engine whose `load` is `torch.load(weights_only=True)` with the allow-list."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
     allowed = _allowed_globals()
@@ -43,7 +43,12 @@ def use_safe_loading(engine) -> None:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(path, map_location=map_location, weights_only=True)
 
-    engine.checkpoint_engine = WeightsOnlyCheckpointEngine(engine._config)
+    return WeightsOnlyCheckpointEngine(ds_config)
+
+
+def use_safe_loading(engine) -> None:
+    """Makes `engine.load_checkpoint` read with `torch.load(weights_only=True)`."""
+    engine.checkpoint_engine = weights_only_engine(engine._config)
 
 
 def save(engine, folder: Path, state: dict | None) -> None:

@@ -20,9 +20,18 @@ def _not_yet(name: str):
 def _finetune(args) -> int:
     from ray_asr import builtin, config, finetune
 
-    cfg = builtin.resolve(config.load(args.config, args.overrides))
-    summary = finetune.run(cfg)
+    cfg = config.load(args.config, args.overrides)
+    finetune.check(cfg)  # before built-in assets are made
+    summary = finetune.run(builtin.resolve(cfg))
     return EXIT_OK if summary else EXIT_BAD_INPUT
+
+
+def _tune(args) -> int:
+    from ray_asr import builtin, config, tune
+
+    cfg = config.load(args.config, args.overrides)
+    tune.run(builtin.resolve(cfg))
+    return EXIT_OK
 
 
 def _validate(args) -> int:
@@ -81,7 +90,7 @@ def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="ray-asr", description="Fine-tune Whisper on your own speech with Ray.")
     sub = top.add_subparsers(dest="command", required=True)
 
-    for name, run in (("finetune", _finetune), ("tune", _not_yet("tune"))):
+    for name, run in (("finetune", _finetune), ("tune", _tune)):
         p = sub.add_parser(name, help=f"{name} (Ray {'Train' if name == 'finetune' else 'Tune'})")
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="dotted.key=value")

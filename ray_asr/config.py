@@ -155,9 +155,24 @@ class TuneConfig:
     num_samples: int = 8
     """Trials in the search."""
     learning_rate: dict = field(default_factory=lambda: {"loguniform": [1.0e-6, 1.0e-4]})
-    """Search space for the learning rate: `{loguniform: [lo, hi]}` or `{choice: [...]}`."""
+    """Search space for `train.learning_rate`: `{loguniform: [lo, hi]}`, `{uniform: ...}` or `{choice: [...]}`."""
     frozen_encoder_layers: dict = field(default_factory=lambda: {"choice": [0, 2, 4, 6]})
-    """Search space for frozen depth: `{choice: [...]}`."""
+    """Search space for frozen depth: `{choice: [...]}` or `{randint: [lo, hi]}` (hi exclusive)."""
+    space: dict = field(default_factory=dict)
+    """More searched keys, dotted, each a distribution: `{train.weight_decay: {uniform: [0, 0.1]}, augment.noise.p: ...}`."""
+    search: str = "random"
+    """`random`, or `tpe` (Optuna's TPE; needs `pip install optuna`)."""
+    max_concurrent_trials: int = 0
+    """Trials running at once; 0 = as many as the cluster's resources allow."""
+    grace_period: int = 1
+    """ASHA: evaluations every trial gets before it can be stopped."""
+    reduction_factor: int = 2
+    """ASHA: only the best 1/reduction_factor of trials go on at each rung."""
+    max_general_wer_increase: float | None = None
+    """Forgetting constraint: a trial whose general WER rises by more than this (absolute) over the base
+    model's fails it and cannot be best (the base is measured in each trial before training)."""
+    seed: int = 0
+    """Seed of the search's sampler."""
 
 
 @dataclass
@@ -249,11 +264,28 @@ def validate(cfg: Config) -> Config:
     need(cfg.scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0", cfg.scaling.cpus_per_worker)
     need(bool(cfg.output_dir), "output_dir", "must be set", cfg.output_dir)
     need(cfg.tune.num_samples >= 1, "tune.num_samples", "must be >= 1", cfg.tune.num_samples)
-    for key in ("learning_rate", "frozen_encoder_layers"):
-        space = getattr(cfg.tune, key)
-        ok = isinstance(space, dict) and len(space) == 1 and next(iter(space)) in ("loguniform", "uniform", "choice")
-        need(ok, f"tune.{key}", "must be one of {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {choice: [...]}", space)
+    spaces = {f"tune.{key}": getattr(cfg.tune, key) for key in ("learning_rate", "frozen_encoder_layers")}
+    need(isinstance(cfg.tune.space, dict), "tune.space", "must be a mapping of dotted keys", cfg.tune.space)
+    for key, space in cfg.tune.space.items():
+        need(str(key).startswith(("train.", "augment.", "data.")), f"tune.space.{key}",
+             "must name a train.*, augment.<name>.* or data.* key", key)
+        spaces[f"tune.space.{key}"] = space
+    for key, space in spaces.items():
+        kind, args = next(iter(space.items())) if isinstance(space, dict) and len(space) == 1 else (None, None)
+        ok = (kind == "choice" and isinstance(args, list) and args) or (
+            kind in DISTRIBUTIONS and isinstance(args, list) and len(args) == 2 and args[0] < args[1])
+        need(bool(ok), key, "must be one of {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]}, "
+             "{choice: [...]}", space)
+    need(cfg.tune.search in ("random", "tpe"), "tune.search", "must be one of random, tpe", cfg.tune.search)
+    need(cfg.tune.max_concurrent_trials >= 0, "tune.max_concurrent_trials", "must be >= 0", cfg.tune.max_concurrent_trials)
+    need(cfg.tune.grace_period >= 1, "tune.grace_period", "must be >= 1", cfg.tune.grace_period)
+    need(cfg.tune.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2", cfg.tune.reduction_factor)
+    need(cfg.tune.max_general_wer_increase is None or cfg.tune.max_general_wer_increase >= 0,
+         "tune.max_general_wer_increase", "must be >= 0", cfg.tune.max_general_wer_increase)
     return cfg
+
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint")  # each takes [lo, hi]; `choice` takes a list
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

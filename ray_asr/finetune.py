@@ -4,6 +4,7 @@
     output_dir/adapter/          LoRA only: the unmerged peft adapter
     output_dir/metrics.json      final metrics of `eval` and `general_eval`, plus the run's step count
     output_dir/history.json      one row per evaluation
+    output_dir/predictions.jsonl the final evaluation's transcripts, one row per utterance
     output_dir/training.png      loss, eval WER and general WER against steps
     output_dir/quarantine.jsonl  rejected input rows
 
@@ -40,7 +41,7 @@ def _plan(cfg: Config, datasets: dict, rows: int) -> dict:
             "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None}
 
 
-def trainer(cfg: Config, sink) -> TorchTrainer:
+def trainer(cfg: Config, sink, callbacks: list | None = None) -> TorchTrainer:
     """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy."""
     datasets = {"train": data.build_dataset(cfg, "train", sink)}
     for split in EVAL_SPLITS:
@@ -56,7 +57,7 @@ def trainer(cfg: Config, sink) -> TorchTrainer:
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=cfg.train.run_name, storage_path=storage_path(cfg),
+            name=cfg.train.run_name, storage_path=storage_path(cfg), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute="wer" if cfg.data.eval else None,
@@ -115,6 +116,8 @@ def collect(cfg: Config, final_checkpoint, steps_run: int | None) -> dict:
                 shutil.rmtree(out / name, ignore_errors=True)
                 shutil.copytree(folder / name, out / name)
         history = json.loads((folder / "history.json").read_text())
+        if (folder / "predictions.jsonl").exists():
+            shutil.copyfile(folder / "predictions.jsonl", out / "predictions.jsonl")
     final = history[-1]
     summary = {split: {key.removeprefix(prefix): value for key, value in final.items()
                        if key.startswith(prefix) and key.removeprefix(prefix) in METRIC_KEYS}
@@ -151,12 +154,25 @@ def _print_rejections(cfg: Config, sink) -> None:
                 print(f"data.{split}: {counts['rejected']} rows rejected {counts['reasons']}; see {cfg.quarantine_path}")
 
 
-def run(cfg: Config) -> dict:
-    """One fine-tuning run end to end; returns the summary written to metrics.json."""
+def check(cfg: Config) -> None:
+    """What fine-tuning needs beyond a valid config."""
     if not cfg.data.train:
         from ray_asr.config import ConfigError
 
         raise ConfigError("data.train: must be set for finetune")
+
+
+def read_history(cfg: Config) -> list[dict]:
+    """The evaluation rows of a collected run (`output_dir/history.json`)."""
+    path = Path(cfg.output_dir) / "history.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def run(cfg: Config, callbacks: list | None = None) -> dict:
+    """One fine-tuning run end to end; returns the summary written to metrics.json.
+
+    `callbacks` go to Ray Train's `RunConfig` (a Tune trial passes `TuneReportCallback`)."""
+    check(cfg)
     done = finished_checkpoint(cfg)
     if done is not None:
         print(f"{cfg.train.run_name}: already finished ({done.path}); writing its outputs again, training nothing")
@@ -167,7 +183,7 @@ def run(cfg: Config) -> dict:
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
         sink = data.open_sink(cfg.quarantine_path)
         try:
-            result = trainer(cfg, sink).fit()
+            result = trainer(cfg, sink, callbacks).fit()
             _print_rejections(cfg, sink)
         finally:
             ray.get(sink.close.remote())

@@ -34,3 +34,27 @@ def training_curves(history: list[dict], out: Path) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def search(rows: list[dict], out: Path) -> Path:
+    """Final eval WER against learning rate (log axis), one colour per frozen depth; x marks early stops."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    depths = sorted({row.get("train.frozen_encoder_layers") for row in rows}, key=lambda d: (d is None, d))
+    colours = plt.get_cmap("viridis")
+    for i, depth in enumerate(depths):
+        colour = colours(i / max(len(depths) - 1, 1))
+        for early in (False, True):
+            picked = [r for r in rows if r.get("train.frozen_encoder_layers") == depth and r["stopped_early"] == early]
+            if picked:
+                ax.scatter([r["train.learning_rate"] for r in picked], [100 * r["wer"] for r in picked], color=colour,
+                           marker="x" if early else "o", s=50,
+                           label=f"depth {depth}" + (" (stopped early)" if early else ""))
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel="eval WER % (last evaluation)", title="search")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -74,6 +74,7 @@ class Worker:
         self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
         self.state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "done": False, "final": None}
         self.loss_sum, self.loss_count, self.steps_run = 0.0, 0, 0
+        self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
 
     def _engine(self):
         import deepspeed
@@ -117,9 +118,8 @@ class Worker:
             return
         every = self.cfg.train.eval_every_steps
         if self.cfg.train.eval_at_start and not self.state["history"]:
-            row = self._eval_row(epoch=0)
-            self.state["history"].append(row)
-            ray.train.report({**row, "steps_run": 0, "done": False})
+            # Kept in the history, not reported: a search's scheduler should rank trials on trained steps only.
+            self.state["history"].append(self._eval_row(epoch=0))
         for epoch in range(self.state["epoch"], self.cfg.train.epochs):
             shard = ray.train.get_dataset_shard("train")
             batches = shard.iter_torch_batches(
@@ -186,6 +186,7 @@ class Worker:
         gathered = [None] * self.world
         dist.all_gather_object(gathered, (rows, loss_sum, loss_n))
         all_rows = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["id"])
+        self.predictions[split] = all_rows
         result = metrics.report(all_rows, self.cfg.model.language)
         result["loss"] = sum(s for _, s, _ in gathered) / max(sum(n for _, _, n in gathered), 1)
         return result
@@ -229,6 +230,9 @@ class Worker:
             if final and self.rank == 0:
                 export.write(self.cfg, trainable, folder / "model", adapter_out=folder / "adapter")
                 (folder / "history.json").write_text(json.dumps(self.state["history"], indent=1))
+                with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
+                    for split, rows in self.predictions.items():
+                        f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
             ray.train.report({**row, "steps_run": self.steps_run, "done": final},
                              checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                              checkpoint_dir_name=f"step-{self.state['step']:07d}{'-final' if final else ''}")

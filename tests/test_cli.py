@@ -8,7 +8,7 @@ from ray_asr.cli import main
 
 
 @pytest.mark.parametrize("argv", [
-    ["tune", "configs/demo.yaml"], ["evaluate", "m", "x.jsonl"],
+    ["evaluate", "m", "x.jsonl"],
     ["transcribe", "m", "a.wav"], ["export", "runs/x", "--format", "hf", "--out", "o"],
 ])
 def test_commands_of_later_milestones_say_so(argv, capsys):
@@ -52,3 +52,14 @@ def test_python_dash_m_works():
 
     out = subprocess.run([sys.executable, "-m", "ray_asr", "--help"], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0 and "validate" in out.stdout and "import-ct2" in out.stdout
+
+
+def test_finetune_job_launcher_is_the_cli():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "jobs/finetune.py", "configs/smoke.yaml", "train.epochs=0"], cwd=root,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 2 and run.stderr.strip() == "ray-asr finetune: train.epochs: must be >= 1, got 0"

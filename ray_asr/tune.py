@@ -1,0 +1,203 @@
+"""`ray-asr tune`: a Ray Tune search over learning rate, frozen depth and any other training key.
+
+Each trial is a whole `finetune` run (its own `TorchTrainer` with `scaling.num_workers` workers,
+started from the trial function, the Train V2 way); `TuneReportCallback` forwards every evaluation
+to Tune, where ASHA stops trials whose eval WER trails. Outputs in `output_dir`:
+
+    trials/<trial id>/     each trial's finetune outputs (model, metrics, curves, checkpoints)
+    trials.csv             one row per trial: searched values, final and best WER, steps, stopped early
+    search.png             WER against learning rate, one colour per frozen depth
+    best_config.yaml       a complete config `ray-asr finetune` accepts (it resumes the best trial's run)
+    best/model/            the best trial's model
+
+The experiment state lives in `output_dir/tune`; rerunning the same command restores it: finished
+trials are not run again, interrupted ones resume from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import shutil
+from pathlib import Path
+
+import yaml
+
+from ray_asr import cluster, config, finetune
+from ray_asr.config import Config, ConfigError
+
+EXPERIMENT = "search"
+
+
+def _domain(space: dict):
+    from ray import tune
+
+    kind, args = next(iter(space.items()))
+    if kind == "choice":
+        return tune.choice(args)
+    return {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}[kind](*args)
+
+
+def param_space(cfg: Config) -> dict:
+    """Tune's search space: dotted config keys → distributions, plus the base config as a constant."""
+    space = {"train.learning_rate": _domain(cfg.tune.learning_rate),
+             "train.frozen_encoder_layers": _domain(cfg.tune.frozen_encoder_layers)}
+    space.update({key: _domain(value) for key, value in cfg.tune.space.items()})
+    return {"searched": space, "base": config.to_dict(cfg), "root": str(Path(cfg.output_dir).resolve())}
+
+
+def apply(values: dict, key: str, value) -> None:
+    """Sets a dotted key in a config mapping; `augment.<name>.<param>` addresses the named transform."""
+    section, *rest = key.split(".")
+    if section == "augment":
+        name, param = rest
+        specs = [spec for spec in values.get("augment") or [] if spec.get("name") == name]
+        if not specs:
+            raise ConfigError(f"tune.space.{key}: no `{name}` transform in the augment list")
+        for spec in specs:
+            spec[param] = value
+        return
+    node = values.setdefault(section, {})
+    for part in rest[:-1]:
+        node = node.setdefault(part, {})
+    node[rest[-1]] = value
+
+
+def trial_config(params: dict, trial_id: str) -> Config:
+    """The finetune config of one trial: base + sampled values, its own output folder."""
+    values = copy.deepcopy(params["base"])
+    for key, value in params["searched"].items():
+        apply(values, key, value.item() if hasattr(value, "item") else value)
+    values["output_dir"] = str(Path(params["root"]) / "trials" / trial_id)
+    values["train"]["storage_path"] = None
+    if values["tune"]["max_general_wer_increase"] is not None:
+        values["train"]["eval_at_start"] = True  # the base model's general WER, for the constraint
+    return config.from_dict(values)
+
+
+def run_trial(params: dict) -> None:
+    """Tune's trainable: one finetune run whose evaluations reach Tune as they happen."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_config(params, tune.get_context().get_trial_id())
+    summary = finetune.run(cfg, callbacks=[TuneReportCallback()])
+    final = {"wer": summary["eval"]["wer"], "step": summary["step"], "done": True}
+    if "general_eval" in summary:
+        final["general_wer"] = summary["general_eval"]["wer"]
+        history = finetune.read_history(cfg)
+        if history and history[0]["step"] == 0 and "general_wer" in history[0]:
+            final["general_wer_increase"] = final["general_wer"] - history[0]["general_wer"]
+    tune.report(final)
+
+
+def _concurrency(cfg: Config) -> int:
+    """Trials at once: what the cluster fits (a trial needs its workers plus a little data tier)."""
+    if cfg.tune.max_concurrent_trials:
+        return cfg.tune.max_concurrent_trials
+    import ray
+
+    resources = ray.cluster_resources()
+    if cfg.scaling.use_gpu:
+        return max(1, int(resources.get("GPU", 0) // cfg.scaling.num_workers))
+    per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + cfg.data.prepare_num_cpus + 0.25
+    return max(1, int(resources.get("CPU", 1) // per_trial))
+
+
+def _tuner(cfg: Config):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    trainable = tune.with_resources(run_trial, {"CPU": 0})  # the trial function only drives its TorchTrainer
+    path = Path(cfg.output_dir).resolve() / "tune"
+    if tune.Tuner.can_restore(str(path / EXPERIMENT)):
+        print(f"resuming the search in {path / EXPERIMENT}")
+        return tune.Tuner.restore(str(path / EXPERIMENT), trainable, resume_unfinished=True, resume_errored=True)
+    if cfg.tune.search == "tpe":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:
+            raise ConfigError("tune.search: tpe needs optuna (pip install optuna)") from None
+        search = OptunaSearch(seed=cfg.tune.seed)
+    else:
+        from ray.tune.search import BasicVariantGenerator
+
+        search = BasicVariantGenerator(random_state=cfg.tune.seed)
+    scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
+                              reduction_factor=cfg.tune.reduction_factor, max_t=10_000)
+    return tune.Tuner(
+        trainable,
+        param_space=param_space(cfg),
+        tune_config=tune.TuneConfig(metric="wer", mode="min", num_samples=cfg.tune.num_samples, search_alg=search,
+                                    scheduler=scheduler, max_concurrent_trials=_concurrency(cfg)),
+        run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(path)),
+    )
+
+
+def _rows(cfg: Config, grid) -> list[dict]:
+    rows = []
+    for result in grid:
+        metrics, searched = result.metrics or {}, result.config["searched"]
+        frame = result.metrics_dataframe
+        best = float(frame["wer"].min()) if frame is not None and "wer" in frame else math.nan
+        row = {"trial_id": metrics.get("trial_id", Path(result.path).name)}
+        row.update({key: (value.item() if hasattr(value, "item") else value) for key, value in searched.items()})
+        row.update({"wer": metrics.get("wer", math.nan), "best_wer": best,
+                    "general_wer": metrics.get("general_wer", math.nan), "steps": metrics.get("step", 0),
+                    "stopped_early": not metrics.get("done", False), "error": bool(result.error)})
+        limit = cfg.tune.max_general_wer_increase
+        row["constraint_ok"] = limit is None or metrics.get("general_wer_increase", math.inf) <= limit
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["error"] or r["stopped_early"] or not r["constraint_ok"],
+                                       r["wer"] if r["wer"] == r["wer"] else math.inf))
+
+
+def write_outputs(cfg: Config, grid) -> list[dict]:
+    """trials.csv, search.png, best_config.yaml, best/model; returns the rows, best first."""
+    from ray_asr import plots
+
+    out = Path(cfg.output_dir)
+    rows = _rows(cfg, grid)
+    with open(out / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    plots.search(rows, out / "search.png")
+    best = rows[0]
+    if best["error"] or best["stopped_early"] or not best["constraint_ok"]:
+        print("no trial finished within the constraints; best_config.yaml and best/ are not written")
+        return rows
+    params = next(r.config for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"])
+    best_cfg = trial_config(params, best["trial_id"])
+    (out / "best_config.yaml").write_text(
+        f"# ray-asr finetune {out / 'best_config.yaml'}\n# best trial {best['trial_id']}: eval WER {best['wer']:.2%}\n"
+        + yaml.safe_dump(config.to_dict(best_cfg), sort_keys=False))
+    shutil.rmtree(out / "best", ignore_errors=True)
+    shutil.copytree(Path(best_cfg.output_dir) / "model", out / "best" / "model")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    keys = [k for k in rows[0] if k not in ("error", "constraint_ok")]
+    lines = ["  ".join(f"{k:>14}" for k in keys)]
+    for row in rows:
+        cells = []
+        for key in keys:
+            value = row[key]
+            cells.append(f"{value:>14.3g}" if isinstance(value, float) else f"{value!s:>14}")
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def run(cfg: Config) -> list[dict]:
+    """The whole search; returns the trials' rows, best first."""
+    finetune.check(cfg)
+    if not cfg.data.eval:
+        raise ConfigError("data.eval: must be set for tune (trials are ranked by its WER)")
+    cluster.connect(cfg.ray.address)
+    Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+    grid = _tuner(cfg).fit()
+    rows = write_outputs(cfg, grid)
+    print(f"\n{table(rows)}\n\ntrials: {Path(cfg.output_dir) / 'trials.csv'}")
+    return rows

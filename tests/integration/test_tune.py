@@ -1,0 +1,61 @@
+"""`ray-asr tune` on a real local Ray: ASHA over 4 tiny trials, outputs, and a search killed midway."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ray
+
+from ray_asr import builtin, config, finetune
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _tune(out: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    with open(log, "ab") as sink:
+        return subprocess.Popen([sys.executable, "-m", "ray_asr", "tune", "configs/tune-smoke.yaml", f"output_dir={out}"],
+                                stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
+
+
+def test_search_stops_trials_early_resumes_after_a_kill_and_its_best_config_finetunes(tmp_path):
+    out, log = tmp_path / "search", tmp_path / "tune.log"
+    first = _tune(out, log)
+    deadline = time.time() + 400
+    while not list(out.glob("trials/*/metrics.json")) and time.time() < deadline:
+        assert first.poll() is None, log.read_text()[-3000:]
+        time.sleep(2)
+    finished = list(out.glob("trials/*/metrics.json"))
+    assert finished, log.read_text()[-3000:]
+    time.sleep(20)  # let Tune save the experiment state with that trial terminated
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    stamp = {path: path.stat().st_mtime for path in finished}
+
+    second = _tune(out, log)
+    assert second.wait(timeout=600) == 0, log.read_text()[-4000:]
+    assert "resuming the search" in log.read_text()
+    assert all(path.stat().st_mtime == mtime for path, mtime in stamp.items())  # completed trials did not rerun
+
+    rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
+    assert len(rows) == 4 and len({r["train.learning_rate"] for r in rows}) == 4
+    assert any(r["stopped_early"] == "True" for r in rows), rows  # ASHA cut at least one trial short
+    assert (out / "search.png").stat().st_size > 10_000
+
+    best = config.load(out / "best_config.yaml")
+    assert abs(best.train.learning_rate - float(rows[0]["train.learning_rate"])) < 1e-12
+    summary = finetune.run(builtin.resolve(best))  # finetune accepts it: the best trial's finished run
+    assert summary["steps_run"] == 0 and abs(summary["eval"]["wer"] - float(rows[0]["wer"])) < 1e-9
+
+    from transformers import WhisperForConditionalGeneration
+
+    assert WhisperForConditionalGeneration.from_pretrained(out / "best" / "model").config.d_model == 64

@@ -1,0 +1,44 @@
+"""Search-space plumbing: distributions from the config, sampled values applied to a trial's config."""
+
+from __future__ import annotations
+
+import pytest
+from ray import tune as ray_tune
+
+from ray_asr import config, tune
+
+
+def _cfg(*overrides):
+    return config.from_dict({"augment": [{"name": "noise", "p": 0.5}], "output_dir": "runs/s"}, list(overrides))
+
+
+def test_param_space_has_a_domain_per_searched_key():
+    space = tune.param_space(_cfg("tune.space={train.weight_decay: {uniform: [0, 0.1]}, augment.noise.p: {choice: [0.2, 0.8]}}",
+                                  "tune.frozen_encoder_layers={randint: [0, 4]}"))
+    searched = space["searched"]
+    assert isinstance(searched["train.learning_rate"], ray_tune.search.sample.Float)
+    assert isinstance(searched["train.frozen_encoder_layers"], ray_tune.search.sample.Integer)
+    assert set(searched) == {"train.learning_rate", "train.frozen_encoder_layers", "train.weight_decay", "augment.noise.p"}
+    assert space["base"]["augment"][0]["p"] == 0.5
+
+
+def test_trial_config_applies_samples_and_gets_its_own_folder(tmp_path):
+    cfg = _cfg("tune.max_general_wer_increase=0.01")
+    params = {"searched": {"train.learning_rate": 3e-4, "train.frozen_encoder_layers": 2, "augment.noise.p": 0.9},
+              "base": config.to_dict(cfg), "root": str(tmp_path)}
+    trial = tune.trial_config(params, "abc_00001")
+    assert trial.train.learning_rate == 3e-4 and trial.train.frozen_encoder_layers == 2
+    assert trial.augment[0]["p"] == 0.9 and trial.output_dir == str(tmp_path / "trials" / "abc_00001")
+    assert trial.train.eval_at_start  # the constraint needs the base model's general WER
+
+
+def test_unknown_transform_and_bad_spaces_name_the_key():
+    params = {"searched": {"augment.echo.p": 0.5}, "base": config.to_dict(_cfg()), "root": "/x"}
+    with pytest.raises(config.ConfigError, match="augment.echo.p"):
+        tune.trial_config(params, "t")
+    with pytest.raises(config.ConfigError, match="tune.space.model.language"):
+        _cfg("tune.space={model.language: {choice: [en, de]}}")
+    with pytest.raises(config.ConfigError, match="tune.frozen_encoder_layers"):
+        _cfg("tune.frozen_encoder_layers={normal: [0, 1]}")
+    with pytest.raises(config.ConfigError, match="tune.search"):
+        _cfg("tune.search=grid")
