@@ -4,7 +4,7 @@ Whisper models trained on the open web stumble on drug names ("metoprolol" → "
 kind of domain vocabulary users fine-tune for. This module speaks sentence templates filled with
 drug names in several eSpeak NG voices and speaking rates, and writes three JSONL manifests:
 
-- `train.jsonl`: in-domain sentences (training templates),
+- `train.jsonl`: in-domain sentences (training templates), with everyday sentences mixed in (rehearsal),
 - `eval.jsonl`: in-domain sentences from held-out templates and drug pairings,
 - `general.jsonl`: everyday sentences, the out-of-domain control for forgetting.
 
@@ -93,6 +93,51 @@ GENERAL_SENTENCES = (
     "The price of the tickets went up again.",
     "He fixed the broken chair with some glue.",
 )
+# Everyday sentences mixed into the training split (rehearsal), none of them in the general control:
+# fine-tuning on domain templates alone teaches the decoder that every sentence is clinical, and
+# general WER rises; a share of ordinary speech in training keeps what the model already knew.
+REHEARSAL_SENTENCES = (
+    "The bus was late because of the snow.",
+    "Could you pass me the salt and pepper?",
+    "We are planning a trip to the mountains in July.",
+    "The fishermen came back with an empty boat.",
+    "My uncle grows tomatoes behind his garage.",
+    "Turn left at the second traffic light.",
+    "The movie started later than we expected.",
+    "He painted the fence white last summer.",
+    "Somebody left a red scarf on the bench.",
+    "The garden needs water after such a dry week.",
+    "They watched the football game at a friend's house.",
+    "The new bridge will open in the spring.",
+    "Remember to lock the back door tonight.",
+    "She writes a letter to her grandmother every month.",
+    "The kitchen smells of fresh apple pie.",
+    "We ran out of milk this morning.",
+    "The museum is free on the first Sunday of the month.",
+    "His flight was delayed by two hours.",
+    "The clock in the hall stopped at midnight.",
+    "Please turn down the music a little.",
+    "The lake froze over during the cold night.",
+    "I need to buy a birthday present for my friend.",
+    "The road along the coast is closed for repairs.",
+    "She found an old photograph in the attic.",
+    "Our team won the match in the last minute.",
+    "A parade will march down Main Street on Saturday.",
+    "He always reads the newspaper with his breakfast.",
+    "The wind blew the leaves across the yard.",
+    "We should leave early to avoid the traffic.",
+    "The teacher asked the students to open their books.",
+    "There is a small cafe next to the station.",
+    "The lights went out during the storm.",
+    "I am looking forward to the holidays.",
+    "The farmer sold apples at the market.",
+    "She lost her gloves on the way home.",
+    "The concert tickets sold out in an hour.",
+    "He carried the heavy boxes up the stairs.",
+    "The baby laughed at the funny noise.",
+    "We painted the bedroom a light shade of blue.",
+    "The post office is across from the bank.",
+)
 VOICES = (
     Voice("en-us", 150, 50), Voice("en-us+m3", 165, 45), Voice("en-us+f2", 145, 60), Voice("en-gb-x-rp", 155, 50),
     Voice("en-us+m7", 175, 40), Voice("en-gb-x-rp+f3", 140, 55),
@@ -109,6 +154,8 @@ class CorpusSize:
     """In-domain evaluation clips (held-out templates)."""
     general: int = 40
     """Out-of-domain control clips (one per general sentence)."""
+    rehearsal: int = 80
+    """Everyday clips mixed into the training split (rehearsal against forgetting); 0 for none."""
 
 
 def _fill(template: str, rng: np.random.Generator) -> str:
@@ -125,6 +172,17 @@ def sentences(size: CorpusSize, seed: int = 0) -> dict[str, list[tuple[str, Voic
                              for i in range(count)]
     general = GENERAL_SENTENCES[: size.general]
     split_plan["general"] = [(text, VOICES[i % len(VOICES)]) for i, text in enumerate(general)]
+    # Rehearsal clips interleaved through the training split (local shuffling only mixes nearby rows).
+    rehearsal = [(REHEARSAL_SENTENCES[i % len(REHEARSAL_SENTENCES)], VOICES[(i + i // len(REHEARSAL_SENTENCES)) % len(VOICES)])
+                 for i in range(size.rehearsal)]
+    if rehearsal:
+        train, every = split_plan["train"], max(1, len(split_plan["train"]) // len(rehearsal))
+        mixed = []
+        for i, item in enumerate(train):
+            mixed.append(item)
+            if (i + 1) % every == 0 and rehearsal:
+                mixed.append(rehearsal.pop(0))
+        split_plan["train"] = mixed + rehearsal
     return split_plan
 
 

@@ -1,7 +1,7 @@
 """Generation for evaluation: one batch of log-mels → transcripts with hallucination flags.
 
-The token limit comes from the references (twice the longest label plus a margin), not Whisper's
-448: a fine-tuned model that never stops then shows up as a `runaway` output in a few dozen tokens
+Each clip's token limit comes from its reference (twice its label plus a margin), not Whisper's 448:
+a fine-tuned model that never stops shows up as a `runaway` output within a few dozen tokens
 instead of spending 448 decoder steps per clip.
 """
 
@@ -17,26 +17,30 @@ PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
 LABEL_PREFIX = PROMPT_TOKENS - 1  # labels carry the prompt without the start token
 
 
-def token_limit(labels: torch.Tensor) -> int:
-    """New tokens allowed for a batch: twice the longest reference (text + end-of-text) plus 8."""
-    longest = int((labels != IGNORE_INDEX).sum(dim=1).max()) - LABEL_PREFIX
-    return max(1, min(MAX_TARGET_TOKENS - PROMPT_TOKENS, 2 * longest + 8))
+def token_limits(labels: torch.Tensor) -> list[int]:
+    """New tokens allowed per clip: twice its reference (text + end-of-text) plus 8, within Whisper's positions."""
+    lengths = (labels != IGNORE_INDEX).sum(dim=1) - LABEL_PREFIX
+    return [max(1, min(MAX_TARGET_TOKENS - PROMPT_TOKENS, 2 * int(n) + 8)) for n in lengths]
 
 
 @torch.no_grad()
-def generate(model, features: torch.Tensor, max_new_tokens: int, eos_token_id: int, synced_gpus: bool = False):
+def generate(model, features: torch.Tensor, limits: list[int], eos_token_id: int, synced_gpus: bool = False,
+             max_new_tokens: int | None = None):
     """Greedy transcripts' token ids (prompt removed, cut at end-of-text) and whether each ran away.
 
+    The batch decodes up to `max_new_tokens` (default: the largest limit), and each clip is then
+    judged against its own limit, so results do not depend on which clips share a batch.
     `synced_gpus` keeps every rank stepping the decoder until all ranks finish (ZeRO-3 gathers
     parameters collectively on each forward, so a rank that stopped early would hang the rest).
     """
-    out = model.generate(input_features=features, max_new_tokens=max_new_tokens, synced_gpus=synced_gpus,
-                         return_dict_in_generate=True)
+    out = model.generate(input_features=features, max_new_tokens=max_new_tokens or max(limits),
+                         synced_gpus=synced_gpus, return_dict_in_generate=True)
     ids, runaway = [], []
-    for row in out.sequences[:, PROMPT_TOKENS:].tolist():
+    for row, limit in zip(out.sequences[:, PROMPT_TOKENS:].tolist(), limits, strict=True):
+        row = row[:limit]
         stop = row.index(eos_token_id) if eos_token_id in row else None
         ids.append(row[:stop])
-        runaway.append(stop is None and len(row) >= max_new_tokens)
+        runaway.append(stop is None)
     return ids, runaway
 
 

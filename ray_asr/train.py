@@ -176,9 +176,11 @@ class Worker:
             for batch, real in lockstep(batches, self.dummy, self.device):
                 features = batch["input_features"].to(self.dtype)
                 loss = model(input_features=features, labels=batch["labels"]).loss
-                limit = torch.tensor([evaluate.token_limit(batch["labels"])], device=self.device)
-                dist.all_reduce(limit, op=dist.ReduceOp.MAX)  # one limit, so synced ranks agree on the length
-                ids, runaway = evaluate.generate(model, features, int(limit.item()), self.tokenizer.eos_token_id, synced)
+                limits = evaluate.token_limits(batch["labels"])
+                longest = torch.tensor([max(limits)], device=self.device)
+                dist.all_reduce(longest, op=dist.ReduceOp.MAX)  # one decode length, so synced ranks agree
+                ids, runaway = evaluate.generate(model, features, limits, self.tokenizer.eos_token_id, synced,
+                                                 max_new_tokens=int(longest.item()))
                 if real:
                     loss_sum += loss.item() * len(ids)
                     loss_n += len(ids)

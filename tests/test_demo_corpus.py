@@ -12,7 +12,7 @@ from ray_asr.demo_corpus import CorpusSize
 
 
 def test_build_writes_three_manifests_of_speech(tmp_path):
-    manifests = demo_corpus.build(tmp_path, CorpusSize(train=6, eval=3, general=2), seed=1)
+    manifests = demo_corpus.build(tmp_path, CorpusSize(train=6, eval=3, general=2, rehearsal=0), seed=1)
     assert set(manifests) == {"train", "eval", "general"}
     for split, count in (("train", 6), ("eval", 3), ("general", 2)):
         rows = [json.loads(line) for line in manifests[split].read_text().splitlines()]
@@ -32,3 +32,9 @@ def test_splits_are_deterministic_and_eval_templates_are_held_out():
     assert all(any(d in t for d in demo_corpus.DRUGS) for t, _ in a["eval"])
     assert not any(d in t for t, _ in a["general"] for d in demo_corpus.DRUGS)
     assert len({v.name for _, v in a["train"]}) >= 4  # several voices
+    # Rehearsal: everyday sentences interleaved in training, never the general control's sentences.
+    everyday = [t for t, _ in a["train"] if not any(d in t for d in demo_corpus.DRUGS)]
+    assert len(everyday) == CorpusSize().rehearsal and not set(everyday) & {t for t, _ in a["general"]}
+    assert len(a["train"]) == CorpusSize().train + CorpusSize().rehearsal
+    positions = [i for i, (t, _) in enumerate(a["train"]) if t in everyday]
+    assert positions[0] < 10 and positions[-1] > len(a["train"]) - 10  # spread through the split

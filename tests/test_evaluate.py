@@ -34,13 +34,13 @@ def test_report_counts_runaways_and_loops():
     assert out["num_utterances"] == 2 and out["insertions"] == 3 and 0 < out["wer"] < 2
 
 
-def test_token_limit_is_twice_the_longest_reference_plus_eight():
+def test_token_limit_is_twice_each_reference_plus_eight():
     labels = torch.full((2, 12), -100)
     labels[0, :7] = 1  # 3 prompt tokens + 3 text + end-of-text
     labels[1, :12] = 1  # 3 prompt tokens + 8 text + end-of-text
-    assert evaluate.token_limit(labels) == 2 * 9 + 8
+    assert evaluate.token_limits(labels) == [2 * 4 + 8, 2 * 9 + 8]
     long = torch.ones((1, 400), dtype=torch.long)
-    assert evaluate.token_limit(long) == 448 - evaluate.PROMPT_TOKENS  # never past the decoder's positions
+    assert evaluate.token_limits(long) == [448 - evaluate.PROMPT_TOKENS]  # never past the decoder's positions
 
 
 def test_generate_flags_outputs_that_never_stop(tiny_model, tokenizer):
@@ -49,14 +49,16 @@ def test_generate_flags_outputs_that_never_stop(tiny_model, tokenizer):
     model = load(str(tiny_model)).eval()
     torch.manual_seed(0)
     features = torch.randn(2, 80, 3000)
-    ids, runaway = evaluate.generate(model, features, 6, tokenizer.eos_token_id)
-    assert runaway == [True, True] and all(len(row) == 6 for row in ids)  # a random model never says end-of-text
+    ids, runaway = evaluate.generate(model, features, [6, 3], tokenizer.eos_token_id)
+    assert runaway == [True, True] and [len(row) for row in ids] == [6, 3]  # a random model never says end-of-text
+    alone, _ = evaluate.generate(model, features[1:], [3], tokenizer.eos_token_id)
+    assert alone == ids[1:]  # a clip's result does not depend on its batch
     rows = evaluate.rows(tokenizer, ids, runaway, ["a", "b"], ["x:1", "x:2"])
     assert [r["id"] for r in rows] == ["x:1", "x:2"] and all(isinstance(r["hypothesis"], str) for r in rows)
     # With every token but end-of-text suppressed nothing runs away, and the text is empty.
     model.generation_config.begin_suppress_tokens = []
     model.generation_config.suppress_tokens = [i for i in range(model.config.vocab_size) if i != tokenizer.eos_token_id]
-    ids, runaway = evaluate.generate(model, features, 6, tokenizer.eos_token_id)
+    ids, runaway = evaluate.generate(model, features, [6, 6], tokenizer.eos_token_id)
     assert runaway == [False, False] and ids == [[], []]
 
 
