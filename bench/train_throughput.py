@@ -113,8 +113,10 @@ def main() -> None:
     model_dir, manifest = workdir / "models" / "whisper-base", workdir / "data" / "demo" / "train.jsonl"
     if not manifest.exists():
         sys.exit("run `ray-asr demo` first: it imports whisper-base and builds the demo corpus")
-    results = {"ray-asr finetune": run_ours(model_dir, manifest, args.epochs),
-               "HF recipe (datasets.map + Seq2SeqTrainer)": run_hf(model_dir, manifest, args.epochs)}
+    results = {}
+    for name, run in (("ray-asr finetune", run_ours), ("HF recipe (datasets.map + Seq2SeqTrainer)", run_hf)):
+        results[name] = run(model_dir, manifest, args.epochs)
+        print(f"{name}: {results[name]}", flush=True)
     print(f"\nwhisper-base, encoder frozen, global batch 8, {args.epochs} epoch(s), {os.cpu_count()} CPUs")
     print(f"{'pipeline':<44}{'wall s':>10}{'samples/s':>12}")
     for name, r in results.items():

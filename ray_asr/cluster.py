@@ -10,7 +10,7 @@ import ray
 def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     """Joins a cluster when an address is known; otherwise starts a local Ray bound to 127.0.0.1.
 
-    The local Ray starts no dashboard: nothing listens beyond loopback.
+    The local Ray binds to loopback only (its dashboard too), with Ray's token auth (on by default locally).
     """
     if ray.is_initialized():
         return
@@ -18,4 +18,7 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, logging_level="warning")
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="warning", _node_ip_address="127.0.0.1")
+        # The dashboard serves Ray's state API, which Ray Train uses to release the placement groups of a
+        # run stopped from outside (a Tune trial cut short); it listens on loopback only, behind token auth.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning",
+                 _node_ip_address="127.0.0.1")

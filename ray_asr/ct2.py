@@ -246,6 +246,8 @@ def import_ct2(source: str, out_dir: str | Path, language: str | None = "en", ta
         tok_src.mkdir(parents=True, exist_ok=True)
         shutil.copy(ct2_dir / "tokenizer.json", tok_src / "tokenizer.json")
         tokenizer = WhisperTokenizer.from_pretrained(str(tok_src), language=language, task=task)
+        if tokenizer.pad_token is None:  # OpenAI's HF tokenizers pad with end-of-text; padding collators need one
+            tokenizer.pad_token = "<|endoftext|>"
         config = _whisper_config(ct2, tokenizer)
         state = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)) for k, v in to_hf_state_dict(ct2).items()}
         with torch.device("meta"):

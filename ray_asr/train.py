@@ -235,7 +235,8 @@ class Worker:
                 with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
                     for split, rows in self.predictions.items():
                         f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
-            ray.train.report({**row, "steps_run": self.steps_run, "done": final},
+            # Not "done": Ray Tune reads a `done` metric as "stop this trial now".
+            ray.train.report({**row, "steps_run": self.steps_run, "finished": final},
                              checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
                              checkpoint_dir_name=f"step-{self.state['step']:07d}{'-final' if final else ''}")
 

@@ -2,7 +2,7 @@
 
 Each trial is a whole `finetune` run (its own `TorchTrainer` with `scaling.num_workers` workers,
 started from the trial function, the Train V2 way); `TuneReportCallback` forwards every evaluation
-to Tune, where ASHA stops trials whose eval WER trails. Outputs in `output_dir`:
+to Tune, where ASHA stops trials whose eval WER (`tune.metric`) trails. Outputs in `output_dir`:
 
     trials/<trial id>/     each trial's finetune outputs (model, metrics, curves, checkpoints)
     trials.csv             one row per trial: searched values, final and best WER, steps, stopped early
@@ -83,7 +83,8 @@ def run_trial(params: dict) -> None:
 
     cfg = trial_config(params, tune.get_context().get_trial_id())
     summary = finetune.run(cfg, callbacks=[TuneReportCallback()])
-    final = {"wer": summary["eval"]["wer"], "step": summary["step"], "done": True}
+    final = {**{key: summary["eval"][key] for key in ("wer", "cer", "eval_loss")}, "step": summary["step"],
+             "finished": True}
     if "general_eval" in summary:
         final["general_wer"] = summary["general_eval"]["wer"]
         history = finetune.read_history(cfg)
@@ -109,7 +110,8 @@ def _tuner(cfg: Config):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_resources(run_trial, {"CPU": 0})  # the trial function only drives its TorchTrainer
+    # The trial function only drives its TorchTrainer; Tune refuses an empty bundle, so it asks for a sliver.
+    trainable = tune.with_resources(run_trial, {"CPU": 0.01})
     path = Path(cfg.output_dir).resolve() / "tune"
     if tune.Tuner.can_restore(str(path / EXPERIMENT)):
         print(f"resuming the search in {path / EXPERIMENT}")
@@ -123,13 +125,14 @@ def _tuner(cfg: Config):
     else:
         from ray.tune.search import BasicVariantGenerator
 
-        search = BasicVariantGenerator(random_state=cfg.tune.seed)
+        # Its own limit: Tune's max_concurrent_trials does not reach the basic generator.
+        search = BasicVariantGenerator(random_state=cfg.tune.seed, max_concurrent=_concurrency(cfg))
     scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
                               reduction_factor=cfg.tune.reduction_factor, max_t=10_000)
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),
-        tune_config=tune.TuneConfig(metric="wer", mode="min", num_samples=cfg.tune.num_samples, search_alg=search,
+        tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.num_samples, search_alg=search,
                                     scheduler=scheduler, max_concurrent_trials=_concurrency(cfg)),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(path)),
     )
@@ -140,17 +143,22 @@ def _rows(cfg: Config, grid) -> list[dict]:
     for result in grid:
         metrics, searched = result.metrics or {}, result.config["searched"]
         frame = result.metrics_dataframe
-        best = float(frame["wer"].min()) if frame is not None and "wer" in frame else math.nan
+        def best(key: str, frame=frame) -> float:
+            return float(frame[key].min()) if frame is not None and key in frame else math.nan
+
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name)}
         row.update({key: (value.item() if hasattr(value, "item") else value) for key, value in searched.items()})
-        row.update({"wer": metrics.get("wer", math.nan), "best_wer": best,
+        if cfg.tune.metric != "wer":
+            row.update({cfg.tune.metric: metrics.get(cfg.tune.metric, math.nan), f"best_{cfg.tune.metric}": best(cfg.tune.metric)})
+        row.update({"wer": metrics.get("wer", math.nan), "best_wer": best("wer"),
                     "general_wer": metrics.get("general_wer", math.nan), "steps": metrics.get("step", 0),
-                    "stopped_early": not metrics.get("done", False), "error": bool(result.error)})
+                    "stopped_early": not metrics.get("finished", False), "error": bool(result.error)})
         limit = cfg.tune.max_general_wer_increase
         row["constraint_ok"] = limit is None or metrics.get("general_wer_increase", math.inf) <= limit
         rows.append(row)
+    metric = cfg.tune.metric
     return sorted(rows, key=lambda r: (r["error"] or r["stopped_early"] or not r["constraint_ok"],
-                                       r["wer"] if r["wer"] == r["wer"] else math.inf))
+                                       r[metric] if r[metric] == r[metric] else math.inf))
 
 
 def write_outputs(cfg: Config, grid) -> list[dict]:

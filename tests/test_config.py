@@ -31,9 +31,9 @@ def test_there_are_shipped_configs():
 
 
 def test_overrides_are_typed_from_yaml():
-    cfg = config.from_dict({}, ["train.learning_rate=3e-5", "train.deepspeed.stage=3", "scaling.use_gpu=true",
+    cfg = config.from_dict({}, ["train.learning_rate=7e-5", "train.deepspeed.stage=3", "scaling.use_gpu=true",
                                 "data.general_eval=null", "model.language=de"])
-    assert cfg.train.learning_rate == 3e-5 and cfg.train.deepspeed.stage == 3
+    assert cfg.train.learning_rate == 7e-5 and cfg.train.deepspeed.stage == 3
     assert cfg.scaling.use_gpu is True and cfg.data.general_eval is None and cfg.model.language == "de"
 
 

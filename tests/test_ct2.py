@@ -151,6 +151,7 @@ def test_pypi_whisper_base_transcribes_shipped_speech(tmp_path):
     model = WhisperForConditionalGeneration.from_pretrained(out, attn_implementation="sdpa").eval()
     processor = WhisperProcessor.from_pretrained(out)
     assert model.config.encoder_layers == 6 and model.config.d_model == 512
+    assert processor.tokenizer.pad_token == "<|endoftext|>"  # padding collators (the HF recipe's) need one
     rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
     features = processor([load(SPEECH / r["audio"]) for r in rows], sampling_rate=16_000,
                          return_tensors="pt").input_features

@@ -31,8 +31,8 @@ def test_offload_and_precision():
 
 
 def test_optimizer_schedule_and_clipping():
-    cfg = _ds(["train.learning_rate=3e-5", "train.warmup_steps=500", "train.deepspeed.gradient_clipping=0"], steps=40)
-    assert cfg["optimizer"]["params"]["lr"] == 3e-5
+    cfg = _ds(["train.learning_rate=4e-5", "train.warmup_steps=500", "train.deepspeed.gradient_clipping=0"], steps=40)
+    assert cfg["optimizer"]["params"]["lr"] == 4e-5
     assert cfg["scheduler"]["params"]["warmup_num_steps"] == 39  # warm-up never outlasts the run
     assert cfg["scheduler"]["params"]["total_num_steps"] == 40
     assert "gradient_clipping" not in cfg

@@ -1,4 +1,4 @@
-"""One local Ray (2 CPUs, loopback only, no dashboard) shared by every integration test."""
+"""One local Ray (2 CPUs, loopback only, dashboard on 127.0.0.1) shared by every integration test."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ TESTS = Path(__file__).resolve().parent
 def ray_local():
     # Ray's workers import functions defined in test modules by module name.
     path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", _node_ip_address="127.0.0.1",
+    # With the dashboard (loopback only): Ray Train's placement-group cleaner needs its state API.
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning",
+             _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
