@@ -34,6 +34,28 @@ def _tune(args) -> int:
     return EXIT_OK
 
 
+def _evaluate(args) -> int:
+    from ray_asr.evaluate import evaluate_source
+    from ray_asr.sources import SourceError
+
+    try:
+        report = evaluate_source(args.model_dir, args.manifest, args.batch_size)
+    except (SourceError, FileNotFoundError, OSError, ValueError) as err:
+        print(f"ray-asr evaluate: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1, ensure_ascii=False)
+    keys = ("wer", "cer", "substitutions", "deletions", "insertions", "num_utterances", "runaway_outputs",
+            "repetition_rate")
+    for key in keys:
+        value = report[key]
+        print(f"{key:<18}{value:>10.2%}" if key in ("wer", "cer", "repetition_rate") else f"{key:<18}{value:>10}")
+    if report["rejected"]:
+        print(f"rejected rows: {report['rejected']}")
+    return EXIT_OK
+
+
 def _validate(args) -> int:
     from ray_asr import cluster
     from ray_asr.sources import SourceError
@@ -100,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--out")
     p.add_argument("--batch-size", type=int, default=8)
-    p.set_defaults(run=_not_yet("evaluate"))
+    p.set_defaults(run=_evaluate)
     p = sub.add_parser("transcribe", help="transcribe audio files")
     p.add_argument("model_dir")
     p.add_argument("audio", nargs="+")

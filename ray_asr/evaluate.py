@@ -49,3 +49,42 @@ def rows(tokenizer, ids: list[list[int]], runaway: list[bool], references: list[
     return [{"id": i, "reference": ref, "hypothesis": tokenizer.decode(tokens).strip(), "runaway": bool(run),
              "looping": has_loop(tokens)}
             for i, ref, tokens, run in zip(row_ids, references, ids, runaway, strict=True)]
+
+
+def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: str | None = None) -> dict:
+    """`ray-asr evaluate`: WER/CER and hallucination counts of a model on a manifest, in this process.
+
+    Rows go through the training pipeline's own checks (`prepare`); rejected ones are counted by
+    reason, not scored. Returns the metrics plus `rejected` and `per_utterance`.
+    """
+    from ray_asr import labels, metrics, sources
+    from ray_asr.audio import Rejected
+    from ray_asr.collate import pad_labels
+    from ray_asr.features import log_mel
+    from ray_asr.model import load
+    from ray_asr.prepare import prepare
+
+    model = load(model_dir).eval()
+    language = language or model.generation_config.language or "en"
+    language = language.strip("<|>")
+    tokenizer = labels.load_tokenizer(model_dir, language, model.generation_config.task or "transcribe")
+    accepted, rejected = [], {}
+    for row in sources.read_all(source):
+        try:
+            wave, ids = prepare(row, tokenizer, 30.0)
+        except Rejected as err:
+            rejected[err.reason] = rejected.get(err.reason, 0) + 1
+            continue
+        accepted.append((row["id"], row["text"].strip(), wave, ids))
+    per_utterance = []
+    for start in range(0, len(accepted), batch_size):
+        chunk = accepted[start : start + batch_size]
+        padded = torch.zeros(len(chunk), max(len(w) for _, _, w, _ in chunk))
+        for i, (_, _, wave, _) in enumerate(chunk):
+            padded[i, : len(wave)] = torch.from_numpy(wave)
+        features = log_mel(padded, model.config.num_mel_bins)
+        limits = token_limits(pad_labels([ids for *_, ids in chunk]))
+        ids, runaway = generate(model, features, limits, tokenizer.eos_token_id)
+        per_utterance += rows(tokenizer, ids, runaway, [text for _, text, _, _ in chunk], [i for i, *_ in chunk])
+    report = metrics.report(per_utterance, language)
+    return {**report, "rejected": dict(sorted(rejected.items())), "per_utterance": per_utterance}

@@ -114,7 +114,7 @@ class Worker:
     def run(self) -> None:
         self.resume()
         if self.state["done"]:  # a finished run: report its final metrics again, train nothing
-            ray.train.report({**self.state["final"], "steps_run": 0})
+            ray.train.report({**self.state["final"], "steps_run": 0, "finished": True})
             return
         every = self.cfg.train.eval_every_steps
         if self.cfg.train.eval_at_start and not self.state["history"]:

@@ -8,7 +8,6 @@ from ray_asr.cli import main
 
 
 @pytest.mark.parametrize("argv", [
-    ["evaluate", "m", "x.jsonl"],
     ["transcribe", "m", "a.wav"], ["export", "runs/x", "--format", "hf", "--out", "o"],
 ])
 def test_commands_of_later_milestones_say_so(argv, capsys):

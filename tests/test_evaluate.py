@@ -77,3 +77,20 @@ def test_checkpoints_load_weights_only(tmp_path):
     assert engine.load(str(good))["global_steps"] == 3
     with pytest.raises(pickle.UnpicklingError):
         engine.load(str(bad))
+
+
+def test_evaluate_command_scores_good_rows_counts_rejected_ones_and_writes_a_report(tiny_model, catalogue, tmp_path,
+                                                                                    capsys):
+    import json
+
+    from ray_asr.cli import main
+
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(tiny_model), str(catalogue.manifest), "--out", str(out), "--batch-size", "3"]) == 0
+    report = json.loads(out.read_text())
+    assert report["num_utterances"] == len(catalogue.good) == len(report["per_utterance"])
+    assert sum(report["rejected"].values()) == len(catalogue.bad)
+    assert set(report["rejected"]) == set(catalogue.bad.values())
+    assert report["runaway_outputs"] == len(catalogue.good)  # a random model never says end-of-text
+    assert {"wer", "cer", "insertions", "repetition_rate"} <= set(report) and "wer" in capsys.readouterr().out
+    assert main(["evaluate", str(tiny_model), str(tmp_path / "missing.jsonl")]) == 2
