@@ -64,6 +64,9 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
     from ray_asr.model import load
     from ray_asr.prepare import prepare
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
     model = load(model_dir).eval()
     language = language or model.generation_config.language or "en"
     language = language.strip("<|>")
