@@ -57,14 +57,14 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
     Rows go through the training pipeline's own checks (`prepare`); rejected ones are counted by
     reason, not scored. Returns the metrics plus `rejected` and `per_utterance`.
     """
+    from transformers.utils import logging as hf_logging
+
     from ray_asr import labels, metrics, sources
     from ray_asr.audio import Rejected
     from ray_asr.collate import pad_labels
     from ray_asr.features import log_mel
     from ray_asr.model import load
     from ray_asr.prepare import prepare
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
     model = load(model_dir).eval()
