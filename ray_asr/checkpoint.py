@@ -59,6 +59,11 @@ def save(engine, folder: Path, state: dict | None) -> None:
         (folder / STATE_FILE).write_text(json.dumps(state))
 
 
+def finished(state: dict, epochs: int) -> bool:
+    """Whether a checkpoint's state ends a run of `epochs` epochs (fewer done: training goes on)."""
+    return state["done"] and state["epoch"] >= epochs
+
+
 def read_state(folder: Path) -> dict:
     return json.loads((Path(folder) / STATE_FILE).read_text())
 

@@ -27,6 +27,14 @@ def pad_labels(label_lists, pad_to: int | None = None) -> torch.Tensor:
     return out
 
 
+def stack_waves(waves) -> torch.Tensor:
+    """`[(samples,) float32]` → `(batch, longest)` float32, zero-padded (log-mel ignores the padding)."""
+    stacked = np.zeros((len(waves), max(len(w) for w in waves)), np.float32)
+    for i, wave in enumerate(waves):
+        stacked[i, : len(wave)] = wave
+    return torch.from_numpy(stacked)
+
+
 @dataclass
 class WhisperCollator(NumpyBatchCollateFn):
     """Turns a numpy batch of `ray_asr.data.PREPARED_SCHEMA` rows into model inputs."""
@@ -48,11 +56,7 @@ class WhisperCollator(NumpyBatchCollateFn):
         self._generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        waves = [from_wire(buffer, self.wire_dtype) for buffer in batch["audio"]]
-        stacked = np.zeros((len(waves), max(len(w) for w in waves)), np.float32)  # (batch, samples)
-        for i, wave in enumerate(waves):
-            stacked[i, : len(wave)] = wave
-        stacked = torch.from_numpy(stacked)
+        stacked = stack_waves([from_wire(buffer, self.wire_dtype) for buffer in batch["audio"]])
         features = log_mel(stacked.to(self.device), self.n_mels)  # (batch, n_mels, 3000)
         if self.spec_augment is not None:
             features = spec_augment(features, self._generator, **self.spec_augment)

@@ -102,6 +102,10 @@ class QuarantineSink:
                     f"data.max_rejected_fraction={state['fraction']:g}{where}")
         return None
 
+    def planned_rows(self, split: str) -> int:
+        """Rows of a split as planned from its source (before any is read)."""
+        return self.splits[split]["rows"]
+
     def summary(self, split: str) -> dict:
         """`{"rows", "accepted", "rejected", "reasons", "hours"}` of one split so far."""
         state = self.splits[split]

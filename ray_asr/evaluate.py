@@ -61,7 +61,7 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
 
     from ray_asr import labels, metrics, sources
     from ray_asr.audio import Rejected
-    from ray_asr.collate import pad_labels
+    from ray_asr.collate import pad_labels, stack_waves
     from ray_asr.features import log_mel
     from ray_asr.model import load
     from ray_asr.prepare import prepare
@@ -82,10 +82,7 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
     per_utterance = []
     for start in range(0, len(accepted), batch_size):
         chunk = accepted[start : start + batch_size]
-        padded = torch.zeros(len(chunk), max(len(w) for _, _, w, _ in chunk))
-        for i, (_, _, wave, _) in enumerate(chunk):
-            padded[i, : len(wave)] = torch.from_numpy(wave)
-        features = log_mel(padded, model.config.num_mel_bins)
+        features = log_mel(stack_waves([wave for _, _, wave, _ in chunk]), model.config.num_mel_bins)
         limits = token_limits(pad_labels([ids for *_, ids in chunk]))
         ids, runaway = generate(model, features, limits, tokenizer.eos_token_id)
         per_utterance += rows(tokenizer, ids, runaway, [text for _, text, _, _ in chunk], [i for i, *_ in chunk])

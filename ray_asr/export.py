@@ -30,28 +30,27 @@ def trainable_state(engine) -> dict[str, torch.Tensor]:
     return state
 
 
-def build(cfg: Config, trainable: dict[str, torch.Tensor]):
-    """The base model with `trainable` loaded into it and adapters merged: a plain Whisper in fp32."""
+def _trained(cfg: Config, trainable: dict[str, torch.Tensor]):
+    """The base model, shaped by the strategy (a peft model for LoRA), with `trainable` loaded into it."""
     model = model_lib.apply_strategy(model_lib.load(cfg.model.name_or_path), cfg.train)
     missing = set(trainable) - {name for name, _ in model.named_parameters()}
     if missing:
         raise ValueError(f"trained parameters unknown to the base model: {sorted(missing)[:3]}")
     model.load_state_dict(trainable, strict=False)
-    if cfg.train.strategy == "lora":
-        model = model.merge_and_unload()
     return model
 
 
 def write(cfg: Config, trainable: dict[str, torch.Tensor], out: Path, adapter_out: Path | None = None) -> Path:
-    """Writes the export folder `out` (and, for LoRA, the unmerged adapter to `adapter_out`)."""
+    """Writes the export folder `out`: a plain fp32 Whisper with adapters merged (and, for LoRA, the
+    unmerged adapter to `adapter_out`)."""
     from transformers import WhisperProcessor
 
     out = Path(out)
-    if cfg.train.strategy == "lora" and adapter_out is not None:
-        peft_model = model_lib.apply_strategy(model_lib.load(cfg.model.name_or_path), cfg.train)
-        peft_model.load_state_dict(trainable, strict=False)
-        peft_model.save_pretrained(adapter_out, safe_serialization=True)
-    model = build(cfg, trainable)
+    model = _trained(cfg, trainable)
+    if cfg.train.strategy == "lora":
+        if adapter_out is not None:
+            model.save_pretrained(adapter_out, safe_serialization=True)  # before merging folds it in
+        model = model.merge_and_unload()
     model.generation_config.language = cfg.model.language
     model.generation_config.task = cfg.model.task
     model.save_pretrained(out, safe_serialization=True)

@@ -47,7 +47,7 @@ def trainer(cfg: Config, sink, callbacks: list | None = None) -> TorchTrainer:
     for split in EVAL_SPLITS:
         if getattr(cfg.data, split):
             datasets[split] = data.build_dataset(cfg, split, sink)
-    planned = data.ManifestDatasource(cfg.data.train).num_rows
+    planned = ray.get(sink.planned_rows.remote("train"))
     resources = {"CPU": cfg.scaling.cpus_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
@@ -96,7 +96,7 @@ def finished_checkpoint(cfg: Config):
             state = json.loads(stream.read())
     except FileNotFoundError:
         return None
-    if not state["done"] or state["epoch"] < cfg.train.epochs:
+    if not checkpoint.finished(state, cfg.train.epochs):
         return None
     return ray.train.Checkpoint(steps[-1], filesystem=fs)
 

@@ -72,7 +72,7 @@ class Worker:
         self.collate = WhisperCollator(n_mels=n_mels, wire_dtype=self.cfg.data.wire_dtype, device=self.device,
                                        keep=("id", "text"))
         self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
-        self.state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "done": False, "final": None}
+        self.state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "done": False}
         self.loss_sum, self.loss_count, self.steps_run = 0.0, 0, 0
         self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
 
@@ -103,8 +103,7 @@ class Worker:
             return
         with found.as_directory() as folder:
             self.state = checkpoint.read_state(Path(folder))
-            if self.state["epoch"] < self.cfg.train.epochs:  # finished with fewer epochs: train on
-                self.state["done"] = False
+            self.state["done"] = checkpoint.finished(self.state, self.cfg.train.epochs)
             if not self.state["done"]:
                 checkpoint.load(self.engine, Path(folder))
         if self.rank == 0:
@@ -114,7 +113,7 @@ class Worker:
     def run(self) -> None:
         self.resume()
         if self.state["done"]:  # a finished run: report its final metrics again, train nothing
-            ray.train.report({**self.state["final"], "steps_run": 0, "finished": True})
+            ray.train.report({**self.state["history"][-1], "steps_run": 0, "finished": True})
             return
         every = self.cfg.train.eval_every_steps
         if self.cfg.train.eval_at_start and not self.state["history"]:
@@ -224,8 +223,7 @@ class Worker:
             self.state["history"].append(row)
             self.state["evaluated_step"] = self.state["step"]
         trainable = export.trainable_state(self.engine) if final else None  # collective under ZeRO-3
-        if final:
-            self.state["done"], self.state["final"] = True, row
+        self.state["done"] = final
         with tempfile.TemporaryDirectory(prefix="ray-asr-ckpt-") as tmp:
             folder = Path(tmp)
             checkpoint.save(self.engine, folder, self.state if self.rank == 0 else None)

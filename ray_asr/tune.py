@@ -64,11 +64,16 @@ def apply(values: dict, key: str, value) -> None:
     node[rest[-1]] = value
 
 
+def _plain(value):
+    """A sampled value as a plain Python number (Tune hands out numpy scalars)."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def trial_config(params: dict, trial_id: str) -> Config:
     """The finetune config of one trial: base + sampled values, its own output folder."""
     values = copy.deepcopy(params["base"])
     for key, value in params["searched"].items():
-        apply(values, key, value.item() if hasattr(value, "item") else value)
+        apply(values, key, _plain(value))
     values["output_dir"] = str(Path(params["root"]) / "trials" / trial_id)
     values["train"]["storage_path"] = None
     if values["tune"]["max_general_wer_increase"] is not None:
@@ -116,6 +121,7 @@ def _tuner(cfg: Config):
     if tune.Tuner.can_restore(str(path / EXPERIMENT)):
         print(f"resuming the search in {path / EXPERIMENT}")
         return tune.Tuner.restore(str(path / EXPERIMENT), trainable, resume_unfinished=True, resume_errored=True)
+    concurrency = _concurrency(cfg)
     if cfg.tune.search == "tpe":
         try:
             from ray.tune.search.optuna import OptunaSearch
@@ -126,14 +132,14 @@ def _tuner(cfg: Config):
         from ray.tune.search import BasicVariantGenerator
 
         # Its own limit: Tune's max_concurrent_trials does not reach the basic generator.
-        search = BasicVariantGenerator(random_state=cfg.tune.seed, max_concurrent=_concurrency(cfg))
+        search = BasicVariantGenerator(random_state=cfg.tune.seed, max_concurrent=concurrency)
     scheduler = ASHAScheduler(time_attr="training_iteration", grace_period=cfg.tune.grace_period,
                               reduction_factor=cfg.tune.reduction_factor, max_t=10_000)
     return tune.Tuner(
         trainable,
         param_space=param_space(cfg),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.num_samples, search_alg=search,
-                                    scheduler=scheduler, max_concurrent_trials=_concurrency(cfg)),
+                                    scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(path)),
     )
 
@@ -147,7 +153,7 @@ def _rows(cfg: Config, grid) -> list[dict]:
             return float(frame[key].min()) if frame is not None and key in frame else math.nan
 
         row = {"trial_id": metrics.get("trial_id", Path(result.path).name)}
-        row.update({key: (value.item() if hasattr(value, "item") else value) for key, value in searched.items()})
+        row.update({key: _plain(value) for key, value in searched.items()})
         if cfg.tune.metric != "wer":
             row.update({cfg.tune.metric: metrics.get(cfg.tune.metric, math.nan), f"best_{cfg.tune.metric}": best(cfg.tune.metric)})
         row.update({"wer": metrics.get("wer", math.nan), "best_wer": best("wer"),
