@@ -161,6 +161,10 @@ class Worker:
         if not Path(marker).exists():
             Path(marker).write_text(f"rank {self.rank} exited at step {step}\n")
             log.warning(f"[train] fault injection: rank {self.rank} exits at step {step}")
+            # Ray Train's controller collects reports when it polls (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+            # 2 s by default); a checkpoint is registered once every rank's report is in. Waiting past a poll
+            # makes the injected death land after the last checkpoint is recorded, so recovery is repeatable.
+            time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
             os._exit(1)
 
     def _evaluate(self, split: str) -> dict:
