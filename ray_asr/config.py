@@ -57,7 +57,8 @@ class DataConfig:
     augment_concurrency: int = 0
     """Upper bound on augmentation actors; 0 sizes the pool from the cluster's CPUs."""
     augment_resources: dict = field(default_factory=dict)
-    """Extra Ray resources the augmentation stage requests, e.g. `{augment_cpu: 1}` for CPU-tier nodes."""
+    """Extra Ray resources every data stage (read, decode/validate, augment) requests, e.g. `{augment_cpu: 1}`,
+    so that on a heterogeneous cluster the audio work runs on the CPU tier and never on the trainers' nodes."""
     quarantine: str | None = None
     """Where rejected rows are written; default `<output_dir>/quarantine.jsonl`."""
 
@@ -143,6 +144,9 @@ class ScalingConfig:
     """Train on GPUs."""
     cpus_per_worker: float = 1.0
     """CPUs each training worker reserves (and uses as torch threads)."""
+    resources_per_worker: dict = field(default_factory=dict)
+    """Extra Ray resources each training worker requests, e.g. `{trainer: 1}` to pin training to a node type
+    (GPUs come from `use_gpu`)."""
 
 
 @dataclass
@@ -265,6 +269,13 @@ def validate(cfg: Config) -> Config:
     need(ds.gradient_clipping >= 0, "train.deepspeed.gradient_clipping", "must be >= 0", ds.gradient_clipping)
     need(cfg.scaling.num_workers >= 1, "scaling.num_workers", "must be >= 1", cfg.scaling.num_workers)
     need(cfg.scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0", cfg.scaling.cpus_per_worker)
+    for key, resources in (("data.augment_resources", cfg.data.augment_resources),
+                           ("scaling.resources_per_worker", cfg.scaling.resources_per_worker)):
+        for name, amount in resources.items():
+            need(name not in ("CPU", "GPU", "memory"), key,
+                 "CPUs and GPUs have their own keys (cpus/num_cpus, use_gpu); name a custom resource", name)
+            need(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0, f"{key}.{name}",
+                 "must be a number > 0", amount)
     need(bool(cfg.output_dir), "output_dir", "must be set", cfg.output_dir)
     need(cfg.tune.num_samples >= 1, "tune.num_samples", "must be >= 1", cfg.tune.num_samples)
     spaces = {f"tune.{key}": getattr(cfg.tune, key) for key in ("learning_rate", "frozen_encoder_layers")}

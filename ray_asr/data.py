@@ -211,7 +211,8 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     datasource = ManifestDatasource(source)
     limit = cfg.data.max_rejected_fraction if enforce_limit else None
     ray.get(sink.register.remote(split, datasource.num_rows, limit))
-    ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS)
+    tier = {"resources": cfg.data.augment_resources} if cfg.data.augment_resources else {}
+    ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier)
     ds = ds.map_batches(
         Preparer,
         fn_constructor_kwargs={
@@ -223,6 +224,7 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
         batch_format="pyarrow",
         compute=_actor_pool(cfg.data.prepare_concurrency, cfg.data.prepare_num_cpus),
         num_cpus=cfg.data.prepare_num_cpus,
+        **tier,
     )
     if split == "train":
         ds = augment_stage(ds, cfg)
@@ -272,8 +274,8 @@ class Augmenter:
 def augment_stage(ds, cfg: Config):
     """The CPU-tier augmentation stage (training split only); with no `augment:` list, data passes untouched.
 
-    It requests `data.augment_resources` (e.g. `{augment_cpu: 1}`) so that on a heterogeneous
-    cluster it runs on the CPU-only augmentation nodes.
+    Like the read and decode stages, it requests `data.augment_resources` (e.g. `{augment_cpu: 1}`) so
+    that on a heterogeneous cluster it runs on the CPU-only augmentation nodes.
     """
     if not cfg.augment:
         return ds

@@ -48,7 +48,7 @@ def trainer(cfg: Config, sink, callbacks: list | None = None) -> TorchTrainer:
         if getattr(cfg.data, split):
             datasets[split] = data.build_dataset(cfg, split, sink)
     planned = ray.get(sink.planned_rows.remote("train"))
-    resources = {"CPU": cfg.scaling.cpus_per_worker}
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
     if cfg.scaling.use_gpu:
         resources["GPU"] = 1
     return TorchTrainer(
@@ -73,11 +73,12 @@ def _config_dict(cfg: Config) -> dict:
 
     values = to_dict(cfg)
     # Workers may run elsewhere: paths they read must not depend on the driver's working directory.
-    values["model"]["name_or_path"] = _absolute(cfg.model.name_or_path)
+    values["model"]["name_or_path"] = absolute(cfg.model.name_or_path)
     return values
 
 
-def _absolute(path: str) -> str:
+def absolute(path: str) -> str:
+    """An existing local path made absolute; anything else (a built-in, a URI, a hub name) as it is."""
     return str(Path(path).resolve()) if Path(path).exists() else path
 
 

@@ -44,7 +44,13 @@ def param_space(cfg: Config) -> dict:
     space = {"train.learning_rate": _domain(cfg.tune.learning_rate),
              "train.frozen_encoder_layers": _domain(cfg.tune.frozen_encoder_layers)}
     space.update({key: _domain(value) for key, value in cfg.tune.space.items()})
-    return {"searched": space, "base": config.to_dict(cfg), "root": str(Path(cfg.output_dir).resolve())}
+    base = config.to_dict(cfg)
+    # Trials run in their own folders: the paths they read must not depend on the working directory.
+    base["model"]["name_or_path"] = finetune.absolute(cfg.model.name_or_path)
+    for split in ("train", "eval", "general_eval"):
+        if base["data"][split]:
+            base["data"][split] = finetune.absolute(base["data"][split])
+    return {"searched": space, "base": base, "root": str(Path(cfg.output_dir).resolve())}
 
 
 def apply(values: dict, key: str, value) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -49,6 +50,15 @@ def test_search_stops_trials_early_resumes_after_a_kill_and_its_best_config_fine
     rows = list(csv.DictReader((out / "trials.csv").read_text().splitlines()))
     assert len(rows) == 4 and len({r["train.learning_rate"] for r in rows}) == 4
     assert any(r["stopped_early"] == "True" for r in rows), rows  # ASHA cut at least one trial short
+    for row in rows:  # the forgetting constraint (limit 0.5) against each trial's own step-0 general WER
+        trial = out / "trials" / row["trial_id"]
+        history = json.loads((trial / "history.json").read_text()) if row["stopped_early"] == "False" else None
+        if history:
+            assert history[0]["step"] == 0 and float(row["general_wer"]) == history[-1]["general_wer"]
+            rose = history[-1]["general_wer"] - history[0]["general_wer"] > 0.5
+            assert row["constraint_ok"] == str(not rose), (row, history[0])
+        else:
+            assert row["constraint_ok"] == "False"  # a trial cut short has no final general WER
     assert (out / "search.png").stat().st_size > 10_000
 
     best = config.load(out / "best_config.yaml")

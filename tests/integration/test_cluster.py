@@ -1,0 +1,181 @@
+"""A real multi-node Ray on this machine, as a cluster runs it: jobs, placement, token auth.
+
+Three nodes started with `ray start` (token auth on, dashboard and job API on 127.0.0.1): a head
+that runs no work (0 CPUs), an augmentation node carrying `augment_cpu`, a training node carrying
+`trainer`. `jobs/finetune.py` and `jobs/tune.py` go in with `ray job submit`; Ray's state API then
+says where the data stages and the training workers ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PLACEMENT = ["data.augment_resources={augment_cpu: 1}", "scaling.resources_per_worker={trainer: 1}",
+             "augment=[{name: noise, p: 1.0}]", "data.augment_num_cpus=0.25"]
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Cluster:
+    def __init__(self, tmp: Path):
+        self.tmp, self.procs = tmp, []
+        self.token = secrets.token_hex(16)
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+                    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+        self.env.pop("RAY_ADDRESS", None)
+        self.ports = iter(_free_ports(24))
+        self.gcs, self.dashboard = next(self.ports), next(self.ports)
+        self.api = f"http://127.0.0.1:{self.dashboard}"
+
+    def node(self, *args: str) -> None:
+        # Every node on one machine needs its own agent ports (the defaults would collide).
+        cmd = [str(BIN / "ray"), "start", "--block", "--node-ip-address=127.0.0.1",
+               f"--dashboard-agent-listen-port={next(self.ports)}", f"--dashboard-agent-grpc-port={next(self.ports)}",
+               f"--runtime-env-agent-port={next(self.ports)}", f"--metrics-export-port={next(self.ports)}", *args]
+        log = open(self.tmp / f"node-{len(self.procs)}.log", "wb")
+        self.procs.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def ray(self, *args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "ray"), *args], env=env or self.env, capture_output=True, text=True,
+                              timeout=timeout, cwd=ROOT)
+
+    def state(self, kind: str) -> list[dict]:
+        out = self.ray("list", kind, "--address", self.api, "--format", "json", "--detail", "--limit", "10000")
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads(out.stdout) if out.stdout.lstrip().startswith("[") else []  # else "No resource ..."
+
+    def http(self, path: str, headers: dict | None = None) -> int:
+        """The HTTP status of a GET on the dashboard (0: nothing listening)."""
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy
+        try:
+            with direct.open(urllib.request.Request(self.api + path, headers=headers or {}), timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as err:
+            return err.code
+        except urllib.error.URLError:
+            return 0
+
+    def submit(self, script: str, *args: str, timeout: float) -> str:
+        job = f"raysr-{secrets.token_hex(4)}"
+        out = self.ray("job", "submit", "--address", self.api, "--submission-id", job, "--working-dir", str(ROOT),
+                       "--", "python", script, *args, timeout=timeout)
+        status = self.ray("job", "status", "--address", self.api, job)
+        assert "SUCCEEDED" in status.stdout, (status.stdout + out.stdout[-6000:] + out.stderr[-3000:])
+        return job
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):  # worker nodes first, the head last
+            os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.time() + 30
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # whatever of the node outlived the grace period (Ray's monitor can linger)
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
+    c.node("--head", f"--port={c.gcs}", "--num-cpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+           f"--dashboard-port={c.dashboard}", f"--ray-client-server-port={next(c.ports)}")
+    try:
+        deadline = time.time() + 120
+        while c.http("/api/version") in (0, 502, 503) or not _listening(c.dashboard):
+            assert time.time() < deadline and c.procs[0].poll() is None, (c.tmp / "node-0.log").read_text()[-3000:]
+            time.sleep(1)
+        c.node(f"--address=127.0.0.1:{c.gcs}", "--num-cpus=2", '--resources={"augment_cpu": 4}')
+        c.node(f"--address=127.0.0.1:{c.gcs}", "--num-cpus=1", '--resources={"trainer": 2}')
+        while len([n for n in c.state("nodes") if n["state"] == "ALIVE"]) < 3:
+            assert time.time() < deadline, [p.poll() for p in c.procs]
+            time.sleep(2)
+        nodes = {n["node_id"]: n["resources_total"] for n in c.state("nodes") if n["state"] == "ALIVE"}
+        c.augment_node = next(i for i, r in nodes.items() if "augment_cpu" in r)
+        c.trainer_node = next(i for i, r in nodes.items() if "trainer" in r)
+        yield c
+    finally:
+        c.stop()
+    assert not _listening(c.gcs) and not _listening(c.dashboard)  # stopped: nothing answers any more
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _placed(c: Cluster, submission_id: str) -> dict[str, list[str]]:
+    """The nodes of one job's actors, by kind (data stages, training workers), one entry per actor."""
+    job_id = next(j["job_id"] for j in c.state("jobs") if j.get("submission_id") == submission_id)
+    seen: dict[str, list[str]] = {}
+    for actor in c.state("actors"):
+        name = actor.get("class_name") or ""
+        kind = next((k for k in ("Preparer", "Augmenter", "RayTrainWorker") if k in name), None)
+        if kind and actor.get("job_id") == job_id:
+            seen.setdefault(kind, []).append(actor["node_id"])
+    return seen
+
+
+def test_the_job_api_is_on_loopback_and_refuses_calls_without_the_token(cluster):
+    listeners = {conn.laddr.ip for conn in psutil.net_connections("tcp")
+                 if conn.status == psutil.CONN_LISTEN and conn.laddr.port == cluster.dashboard}
+    assert listeners == {"127.0.0.1"}
+    assert cluster.http("/api/jobs/") == 401
+    assert cluster.http("/api/jobs/", {"Authorization": "Bearer " + secrets.token_hex(16)}) == 403
+    assert cluster.http("/api/jobs/", {"Authorization": "Bearer " + cluster.token}) == 200
+    # Ray's gRPC ports answer only with the token too.
+    assert cluster.ray("status", "--address", f"127.0.0.1:{cluster.gcs}", timeout=60).returncode == 0
+    plain = {k: v for k, v in cluster.env.items() if not k.startswith("RAY_AUTH")}
+    refused = cluster.ray("status", "--address", f"127.0.0.1:{cluster.gcs}", env={**plain, "RAY_AUTH_MODE": "disabled"},
+                          timeout=60)
+    assert refused.returncode != 0
+
+
+def test_finetune_job_trains_on_the_training_node_and_prepares_audio_on_the_augmentation_node(cluster, tmp_path):
+    out = tmp_path / "finetune"
+    job = cluster.submit("jobs/finetune.py", "configs/smoke.yaml", f"output_dir={out}", "train.epochs=2", *PLACEMENT,
+                   timeout=420)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert 0 <= metrics["eval"]["wer"] and (out / "model" / "model.safetensors").exists()
+    placed = _placed(cluster, job)
+    assert set(placed["Preparer"]) == {cluster.augment_node} and set(placed["Augmenter"]) == {cluster.augment_node}
+    assert set(placed["RayTrainWorker"]) == {cluster.trainer_node} and len(placed["RayTrainWorker"]) >= 2
+
+
+def test_tune_job_runs_its_trials_on_the_training_node(cluster, tmp_path):
+    out = tmp_path / "search"
+    job = cluster.submit("jobs/tune.py", "configs/tune-smoke.yaml", f"output_dir={out}", "tune.num_samples=2",
+                   "train.epochs=1", *PLACEMENT, timeout=540)
+    rows = (out / "trials.csv").read_text().splitlines()
+    assert len(rows) == 3 and (out / "search.png").exists()
+    placed = _placed(cluster, job)
+    assert set(placed["RayTrainWorker"]) == {cluster.trainer_node} and len(placed["RayTrainWorker"]) >= 2 * 2
+    assert set(placed["Preparer"]) == {cluster.augment_node} and set(placed["Augmenter"]) == {cluster.augment_node}
