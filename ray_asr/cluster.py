@@ -20,5 +20,6 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> None:
     else:
         # The dashboard serves Ray's state API, which Ray Train uses to release the placement groups of a
         # run stopped from outside (a Tune trial cut short); it listens on loopback only, behind token auth.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning",
+        # address="local": a new Ray of our own, never one named by a stale /tmp/ray/ray_current_cluster.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning",
                  _node_ip_address="127.0.0.1")

@@ -41,6 +41,14 @@ def _plan(cfg: Config, datasets: dict, rows: int) -> dict:
             "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None}
 
 
+def worker_resources(cfg: Config) -> dict:
+    """What each training worker reserves: its CPUs, a GPU when `use_gpu`, and `scaling.resources_per_worker`."""
+    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
+    if cfg.scaling.use_gpu:
+        resources["GPU"] = 1
+    return resources
+
+
 def trainer(cfg: Config, sink, callbacks: list | None = None) -> TorchTrainer:
     """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy."""
     datasets = {"train": data.build_dataset(cfg, "train", sink)}
@@ -48,14 +56,11 @@ def trainer(cfg: Config, sink, callbacks: list | None = None) -> TorchTrainer:
         if getattr(cfg.data, split):
             datasets[split] = data.build_dataset(cfg, split, sink)
     planned = ray.get(sink.planned_rows.remote("train"))
-    resources = {"CPU": cfg.scaling.cpus_per_worker, **cfg.scaling.resources_per_worker}
-    if cfg.scaling.use_gpu:
-        resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": _config_dict(cfg), "plan": _plan(cfg, datasets, planned)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
-                                               resources_per_worker=resources),
+                                               resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
             name=cfg.train.run_name, storage_path=storage_path(cfg), callbacks=callbacks,
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),

@@ -53,6 +53,9 @@ def test_overrides_are_typed_from_yaml():
     ({"train": 3}, [], "train: must be a mapping"),
     ({}, ["tune.learning_rate={normal: [0, 1]}"], "tune.learning_rate: must be one of"),
     ({}, ["train.learning_rate"], "overrides are dotted.key=value"),
+    ({}, ["scaling.resources_per_worker={GPU: 1}"], "scaling.resources_per_worker: CPUs and GPUs have their own keys"),
+    ({}, ["scaling.resources_per_worker={trainer: 0}"], "scaling.resources_per_worker.trainer: must be a number > 0"),
+    ({}, ["data.augment_resources={augment_cpu: many}"], "data.augment_resources.augment_cpu: must be a number > 0"),
 ])
 def test_errors_are_one_line_naming_the_field(values, overrides, message):
     with pytest.raises(ConfigError) as err:
@@ -67,6 +70,15 @@ def test_load_reports_missing_and_invalid_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("train: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         config.load(tmp_path / "bad.yaml")
+
+
+def test_placement_resources_reach_the_trainer_and_the_data_stages():
+    from ray_asr import finetune
+
+    cfg = config.from_dict({}, ["scaling.resources_per_worker={trainer: 1}", "data.augment_resources={augment_cpu: 1}"])
+    assert finetune.worker_resources(cfg) == {"CPU": 1.0, "trainer": 1}
+    assert config.from_dict({}, ["scaling.use_gpu=true"]).scaling.resources_per_worker == {}
+    assert finetune.worker_resources(config.from_dict({}, ["scaling.use_gpu=true"])) == {"CPU": 1.0, "GPU": 1}
 
 
 def test_round_trip_through_dict():
