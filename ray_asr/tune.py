@@ -104,6 +104,17 @@ def run_trial(params: dict) -> None:
     tune.report(final)
 
 
+TRIAL_FUNCTION_CPUS = 0.01  # the trial function only drives its TorchTrainer; Tune refuses an empty bundle
+
+
+def trial_cpus(cfg: Config) -> float:
+    """CPUs one CPU-only trial holds at once: its workers, one decode actor, one read task, the trial function."""
+    from ray_asr.data import READ_TASK_CPUS
+
+    return (cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + cfg.data.prepare_num_cpus + READ_TASK_CPUS
+            + TRIAL_FUNCTION_CPUS)
+
+
 def _concurrency(cfg: Config) -> int:
     """Trials at once: what the cluster fits (a trial needs its workers plus a little data tier)."""
     if cfg.tune.max_concurrent_trials:
@@ -113,16 +124,27 @@ def _concurrency(cfg: Config) -> int:
     resources = ray.cluster_resources()
     if cfg.scaling.use_gpu:
         return max(1, int(resources.get("GPU", 0) // cfg.scaling.num_workers))
-    per_trial = cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + cfg.data.prepare_num_cpus + 0.25
-    return max(1, int(resources.get("CPU", 1) // per_trial))
+    return max(1, int(resources.get("CPU", 1) // trial_cpus(cfg)))
+
+
+def _check_fits(cfg: Config) -> None:
+    """On a fixed CPU-only cluster, a trial larger than its CPUs would wait forever for its data tier."""
+    import ray
+
+    if cfg.scaling.use_gpu or cfg.data.augment_resources or len(ray.nodes()) != 1:
+        return  # GPUs, a separate audio tier or several nodes (maybe autoscaling): the cluster decides
+    have, need = ray.cluster_resources().get("CPU", 0), trial_cpus(cfg)
+    if need > have + 1e-9:
+        raise ConfigError(f"scaling.cpus_per_worker: a trial needs {need:g} CPUs ({cfg.scaling.num_workers} workers x "
+                          f"{cfg.scaling.cpus_per_worker:g} + decode {cfg.data.prepare_num_cpus:g} + read and trial "
+                          f"function) but this Ray has {have:g}")
 
 
 def _tuner(cfg: Config):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    # The trial function only drives its TorchTrainer; Tune refuses an empty bundle, so it asks for a sliver.
-    trainable = tune.with_resources(run_trial, {"CPU": 0.01})
+    trainable = tune.with_resources(run_trial, {"CPU": TRIAL_FUNCTION_CPUS})
     path = Path(cfg.output_dir).resolve() / "tune"
     if tune.Tuner.can_restore(str(path / EXPERIMENT)):
         print(f"resuming the search in {path / EXPERIMENT}")
@@ -216,6 +238,7 @@ def run(cfg: Config) -> list[dict]:
     if not cfg.data.eval:
         raise ConfigError("data.eval: must be set for tune (trials are ranked by its WER)")
     cluster.connect(cfg.ray.address)
+    _check_fits(cfg)
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
     grid = _tuner(cfg).fit()
     rows = write_outputs(cfg, grid)

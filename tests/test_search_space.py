@@ -42,3 +42,11 @@ def test_unknown_transform_and_bad_spaces_name_the_key():
         _cfg("tune.frozen_encoder_layers={normal: [0, 1]}")
     with pytest.raises(config.ConfigError, match="tune.search"):
         _cfg("tune.search=grid")
+
+
+def test_a_trial_counts_its_workers_data_tier_and_trial_function():
+    # configs/demo.yaml's trainers (2 x 0.75) plus decode and read fill 2 cores exactly: the trial
+    # function's sliver would leave the data tier waiting forever, so the search config trains on 2 x 0.7.
+    assert tune.trial_cpus(config.load("configs/demo.yaml")) == pytest.approx(2.01)
+    assert tune.trial_cpus(config.load("configs/tune-demo.yaml")) <= 2
+    assert tune.trial_cpus(config.load("configs/tune-smoke.yaml")) <= 2
