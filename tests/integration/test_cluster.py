@@ -182,7 +182,7 @@ def test_the_job_api_is_on_loopback_and_refuses_calls_without_the_token(cluster)
 
 def test_finetune_job_trains_on_the_training_node_and_prepares_audio_on_the_augmentation_node(cluster, tmp_path):
     out = tmp_path / "finetune"
-    job = cluster.submit("jobs/finetune.py", "configs/smoke.yaml", f"output_dir={out}", "train.epochs=2", *PLACEMENT,
+    job = cluster.submit("jobs/finetune.py", "configs/smoke.yaml", f"output_dir={out}", "train.epochs=1", *PLACEMENT,
                    timeout=420)
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval"]["wer"] and (out / "model" / "model.safetensors").exists()
