@@ -76,15 +76,23 @@ def trainer(cfg: Config, sink, callbacks: list | None = None) -> TorchTrainer:
 def _config_dict(cfg: Config) -> dict:
     from ray_asr.config import to_dict
 
-    values = to_dict(cfg)
-    # Workers may run elsewhere: paths they read must not depend on the driver's working directory.
-    values["model"]["name_or_path"] = absolute(cfg.model.name_or_path)
+    return absolute_paths(to_dict(cfg))  # workers may run elsewhere
+
+
+def absolute_paths(values: dict) -> dict:
+    """A config mapping with its local model and data paths made absolute, in place.
+
+    Whoever reads it elsewhere (a worker on another node, a Tune trial in its own folder) does not
+    share the driver's working directory. Built-ins, URIs and hub names stay as they are.
+    """
+    def absolute(path: str) -> str:
+        return str(Path(path).resolve()) if Path(path).exists() else path
+
+    values["model"]["name_or_path"] = absolute(values["model"]["name_or_path"])
+    for split in ("train", "eval", "general_eval"):
+        if values["data"][split]:
+            values["data"][split] = absolute(values["data"][split])
     return values
-
-
-def absolute(path: str) -> str:
-    """An existing local path made absolute; anything else (a built-in, a URI, a hub name) as it is."""
-    return str(Path(path).resolve()) if Path(path).exists() else path
 
 
 def finished_checkpoint(cfg: Config):

@@ -44,12 +44,7 @@ def param_space(cfg: Config) -> dict:
     space = {"train.learning_rate": _domain(cfg.tune.learning_rate),
              "train.frozen_encoder_layers": _domain(cfg.tune.frozen_encoder_layers)}
     space.update({key: _domain(value) for key, value in cfg.tune.space.items()})
-    base = config.to_dict(cfg)
-    # Trials run in their own folders: the paths they read must not depend on the working directory.
-    base["model"]["name_or_path"] = finetune.absolute(cfg.model.name_or_path)
-    for split in ("train", "eval", "general_eval"):
-        if base["data"][split]:
-            base["data"][split] = finetune.absolute(base["data"][split])
+    base = finetune.absolute_paths(config.to_dict(cfg))  # trials run in their own folders
     return {"searched": space, "base": base, "root": str(Path(cfg.output_dir).resolve())}
 
 

@@ -50,3 +50,12 @@ def test_a_trial_counts_its_workers_data_tier_and_trial_function():
     assert tune.trial_cpus(config.load("configs/demo.yaml")) == pytest.approx(2.01)
     assert tune.trial_cpus(config.load("configs/tune-demo.yaml")) <= 2
     assert tune.trial_cpus(config.load("configs/tune-smoke.yaml")) <= 2
+
+
+def test_trials_read_absolute_local_paths(tmp_path, monkeypatch):
+    (tmp_path / "train.jsonl").write_text("")
+    monkeypatch.chdir(tmp_path)
+    base = tune.param_space(_cfg("data.train=train.jsonl", "data.eval=builtin:tones/eval"))["base"]
+    assert base["data"]["train"] == str(tmp_path / "train.jsonl")  # a trial's own folder is elsewhere
+    assert base["data"]["eval"] == "builtin:tones/eval"  # built-ins and missing paths stay as given
+    assert base["model"]["name_or_path"] == "models/whisper-base"

@@ -119,11 +119,11 @@ def cluster(tmp_path_factory):
         yield c
     finally:
         c.stop()
+        # `ray start` records the head for later `ray.init()` calls; `ray stop` would remove it, so do we.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{c.gcs}"):
+            current.unlink()
     assert not _listening(c.gcs) and not _listening(c.dashboard)  # stopped: nothing answers any more
-    # `ray start` records the head for later `ray.init()` calls; `ray stop` would remove it, so do we.
-    current = Path("/tmp/ray/ray_current_cluster")
-    if current.exists() and current.read_text().strip().endswith(f":{c.gcs}"):
-        current.unlink()
 
 
 def _join(c: Cluster, resource: str, args: list[str], attempts: int = 2) -> str:
