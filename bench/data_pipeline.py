@@ -9,12 +9,17 @@ features ready for Whisper:
        `WhisperFeatureExtractor` per clip, storing 80×3000 float32 features in the Arrow cache,
        then reading them back in batches.
 
+Then it accounts for the time: CPU seconds per process kind during (i), and the single-process
+cost per clip of the work neither path can skip (decode + resample, log-mel). That cost over the
+machine's cores bounds the speed-up any streaming path can reach here.
+
     python bench/data_pipeline.py [--clips 256] [--seconds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -47,7 +52,71 @@ def make_clips(folder: Path, count: int, seconds: float) -> Path:
     return folder / "train.jsonl"
 
 
-def run_ours(manifest: Path, model_dir: str, batch_size: int) -> tuple[float, int, float]:
+def cpu_seconds() -> dict[int, tuple[str, float]]:
+    """Every process's name and CPU seconds so far (user + system)."""
+    import psutil
+
+    out = {}
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            cmd, times = " ".join(proc.info["cmdline"] or [proc.info["name"]]), proc.info["cpu_times"]
+            out[proc.info["pid"]] = (cmd, times.user + times.system)
+    return out
+
+
+def cpu_by_kind(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent between two `cpu_seconds()` snapshots, grouped the way the pipeline is built."""
+    kinds: dict[str, float] = {}
+    for pid, (cmd, spent) in after.items():
+        spent -= before.get(pid, (cmd, 0.0))[1]
+        if pid == os.getpid():
+            kind = "consumer (this process: batches + log-mel)"
+        elif "Preparer" in cmd:
+            kind = "decode actors (decode + resample + validate + tokenise)"
+        elif "ReadManifest" in cmd:
+            kind = "read tasks"
+        else:
+            kind = "Ray itself (raylet, GCS, dashboard, coordinators, idle workers)"
+        kinds[kind] = kinds.get(kind, 0.0) + spent
+    return dict(sorted(kinds.items(), key=lambda item: -item[1]))
+
+
+def per_clip_ms(manifest: Path, count: int = 64) -> dict[str, float]:
+    """Single-process, single-thread cost per clip of the unavoidable work (best of three passes)."""
+    import torch
+    from transformers import WhisperFeatureExtractor
+
+    from ray_asr import audio
+    from ray_asr.collate import stack_waves
+    from ray_asr.features import log_mel
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()[:count]]
+    encoded = [(manifest.parent / row["audio"]).read_bytes() for row in rows]
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return 1000 * min(times) / len(rows)
+
+    waves = [audio.to_mono_16k(*audio.decode(data)) for data in encoded]
+    extractor = WhisperFeatureExtractor(feature_size=80)
+    costs = {
+        "decode + resample (both paths)": best(lambda: [audio.to_mono_16k(*audio.decode(data)) for data in encoded]),
+        "log-mel, ray-asr (batches of 8, audio frames only)": best(
+            lambda: [log_mel(stack_waves(waves[i : i + 8])) for i in range(0, len(waves), 8)]),
+        "log-mel, WhisperFeatureExtractor (30 s window)": best(
+            lambda: [extractor(w, sampling_rate=16_000) for w in waves]),
+    }
+    torch.set_num_threads(threads)
+    return costs
+
+
+def run_ours(manifest: Path, model_dir: str, batch_size: int) -> tuple[float, int, float, dict[str, float]]:
     import ray
 
     from ray_asr import cluster, config, data
@@ -57,6 +126,7 @@ def run_ours(manifest: Path, model_dir: str, batch_size: int) -> tuple[float, in
     cfg = config.from_dict({"model": {"name_or_path": model_dir}, "data": {"train": str(manifest)},
                             "output_dir": tempfile.mkdtemp()})
     sink = data.open_sink(None)
+    before = cpu_seconds()
     start = time.perf_counter()
     ds = data.build_dataset(cfg, "train", sink)
     clips, first = 0, None
@@ -65,8 +135,9 @@ def run_ours(manifest: Path, model_dir: str, batch_size: int) -> tuple[float, in
         clips += batch["input_features"].shape[0]
         first = first or time.perf_counter() - start
     elapsed = time.perf_counter() - start
+    spent = cpu_by_kind(before, cpu_seconds())
     ray.shutdown()
-    return elapsed, clips, first
+    return elapsed, clips, first, spent
 
 
 def run_datasets_map(manifest: Path, model_dir: str, batch_size: int, cache: Path) -> tuple[float, int, int, float]:
@@ -114,7 +185,8 @@ def main() -> None:
             model_dir = str(build_tiny_whisper(work / "tiny"))
         hf_time, hf_clips, cache_bytes, hf_first = run_datasets_map(manifest, model_dir, args.batch_size,
                                                                     work / "hf-cache")
-        ours_time, ours_clips, ours_first = run_ours(manifest, model_dir, args.batch_size)
+        ours_time, ours_clips, ours_first, spent = run_ours(manifest, model_dir, args.batch_size)
+        costs = per_clip_ms(manifest)
         assert hf_clips == ours_clips == args.clips
         audio_s = args.clips * args.seconds
         print(f"\n{args.clips} clips of {args.seconds:g} s at 48 kHz (MP3), {os.cpu_count()} CPUs, batch {args.batch_size}")
@@ -125,6 +197,18 @@ def main() -> None:
               f"{audio_s / hf_time:>12.0f}{hf_first:>13.1f}")
         print(f"speed-up: {hf_time / ours_time:.1f}x; datasets.map cache on disk: {cache_bytes / 2**20:.0f} MiB, "
               f"ray-asr: 0 MiB (streamed)")
+        print(f"\nCPU seconds during the ray-asr run ({ours_time:.1f} s wall x {os.cpu_count()} cores = "
+              f"{ours_time * os.cpu_count():.1f} available):")
+        for kind, seconds in spent.items():
+            print(f"  {seconds:7.2f}  {1000 * seconds / ours_clips:5.2f} ms/clip  {kind}")
+        print("\nSingle-thread cost per clip of the unavoidable work:")
+        for name, ms in costs.items():
+            print(f"  {ms:6.2f} ms  {name}")
+        floor = (costs["decode + resample (both paths)"] + costs["log-mel, ray-asr (batches of 8, audio frames only)"])
+        baseline_ms = 1000 * hf_time / hf_clips
+        print(f"ceiling here: the baseline takes {baseline_ms:.1f} ms per clip; ray-asr's unavoidable {floor:.1f} ms "
+              f"spread over {os.cpu_count()} cores is {floor / os.cpu_count():.2f} ms, so no overhead and no start-up "
+              f"at all would give {baseline_ms * os.cpu_count() / floor:.1f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

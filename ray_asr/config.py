@@ -50,6 +50,10 @@ class DataConfig:
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
     prepare_num_cpus: float = 1.0
     """CPUs each decode/validate actor reserves; below 1 lets the data tier share a small machine with trainers."""
+    eval_cache_mb: float = 512.0
+    """Memory (MiB) each training worker may keep its share of `eval` and `general_eval` in after their first
+    pass, so later evaluations skip the data tier (int16 audio: ~110 MiB an hour); a split that does not fit on
+    every worker streams each time. 0 streams every evaluation."""
     preprocess: list = field(default_factory=list)
     """Transforms applied to every split, every epoch, before augmentation (e.g. `[{name: denoise}]` for noisy inputs)."""
     augment_num_cpus: float = 1.0
@@ -231,6 +235,7 @@ def validate(cfg: Config) -> Config:
     need(0 <= cfg.data.max_rejected_fraction <= 1, "data.max_rejected_fraction", "must be in [0, 1]",
          cfg.data.max_rejected_fraction)
     need(cfg.data.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", cfg.data.prepare_batch_size)
+    need(cfg.data.eval_cache_mb >= 0, "data.eval_cache_mb", "must be >= 0", cfg.data.eval_cache_mb)
     need(cfg.data.prepare_num_cpus > 0, "data.prepare_num_cpus", "must be > 0", cfg.data.prepare_num_cpus)
     need(cfg.data.augment_num_cpus > 0, "data.augment_num_cpus", "must be > 0", cfg.data.augment_num_cpus)
     need(cfg.data.augment_concurrency >= 0, "data.augment_concurrency", "must be >= 0", cfg.data.augment_concurrency)

@@ -28,6 +28,7 @@ import torch.distributed as dist
 from ray_asr import checkpoint, config, evaluate, export, labels, metrics
 from ray_asr import model as model_lib
 from ray_asr.collate import WhisperCollator
+from ray_asr.eval_cache import EvalCache
 from ray_asr.zero import deepspeed_config
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
@@ -75,6 +76,7 @@ class Worker:
         self.state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "done": False}
         self.loss_sum, self.loss_count, self.steps_run = 0.0, 0, 0
         self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
+        self.eval_cache = EvalCache(self.cfg.data.eval_cache_mb)
 
     def _engine(self):
         import deepspeed
@@ -172,9 +174,10 @@ class Worker:
         model = self.engine.module
         model.eval()
         synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1
-        shard = ray.train.get_dataset_shard(split)
         rows, loss_sum, loss_n = [], 0.0, 0
-        batches = shard.iter_torch_batches(batch_size=self.cfg.train.batch_size_per_worker, collate_fn=self.collate)
+        stream = ray.train.get_dataset_shard(split).iter_batches(batch_size=self.cfg.train.batch_size_per_worker,
+                                                                 batch_format="numpy")
+        batches = map(self.collate, self.eval_cache.batches(split, stream))
         with torch.no_grad():
             for batch, real in lockstep(batches, self.dummy, self.device):
                 features = batch["input_features"].to(self.dtype)
@@ -188,6 +191,11 @@ class Worker:
                     loss_sum += loss.item() * len(ids)
                     loss_n += len(ids)
                     rows += evaluate.rows(self.tokenizer, ids, runaway, batch["text"], batch["id"])
+        first_pass = split not in self.eval_cache.settled
+        kept = self.eval_cache.settle(split, self.device)
+        if first_pass and self.rank == 0 and self.cfg.data.eval_cache_mb > 0:
+            log.info(f"[eval] {split}: " + ("kept in worker memory for later evaluations" if kept else
+                                            "over data.eval_cache_mb on some worker, streamed at every evaluation"))
         gathered = [None] * self.world
         dist.all_gather_object(gathered, (rows, loss_sum, loss_n))
         all_rows = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["id"])

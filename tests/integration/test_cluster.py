@@ -92,7 +92,7 @@ class Cluster:
         for proc in reversed(self.procs):  # worker nodes first, the head last
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.time() + 30
+        deadline = time.time() + 10  # a node shuts down in seconds; what lingers past that gets SIGKILL
         for proc in reversed(self.procs):
             try:
                 proc.wait(timeout=max(1, deadline - time.time()))
@@ -182,8 +182,8 @@ def test_the_job_api_is_on_loopback_and_refuses_calls_without_the_token(cluster)
 
 def test_finetune_job_trains_on_the_training_node_and_prepares_audio_on_the_augmentation_node(cluster, tmp_path):
     out = tmp_path / "finetune"
-    job = cluster.submit("jobs/finetune.py", "configs/smoke.yaml", f"output_dir={out}", "train.epochs=1", *PLACEMENT,
-                   timeout=420)
+    job = cluster.submit("jobs/finetune.py", "configs/smoke.yaml", f"output_dir={out}", "train.epochs=1",
+                         "data.general_eval=null", *PLACEMENT, timeout=420)
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0 <= metrics["eval"]["wer"] and (out / "model" / "model.safetensors").exists()
     placed = _placed(cluster, job)
@@ -193,10 +193,12 @@ def test_finetune_job_trains_on_the_training_node_and_prepares_audio_on_the_augm
 
 def test_tune_job_runs_its_trials_on_the_training_node(cluster, tmp_path):
     out = tmp_path / "search"
-    job = cluster.submit("jobs/tune.py", "configs/tune-smoke.yaml", f"output_dir={out}", "tune.num_samples=2",
-                   "train.epochs=1", *PLACEMENT, timeout=540)
+    # One short trial is enough to see where a search places its work (test_tune covers the search itself).
+    job = cluster.submit("jobs/tune.py", "configs/tune-smoke.yaml", f"output_dir={out}", "tune.num_samples=1",
+                         "train.epochs=1", "data.general_eval=null", "tune.max_general_wer_increase=null", *PLACEMENT,
+                         timeout=540)
     rows = (out / "trials.csv").read_text().splitlines()
-    assert len(rows) == 3 and (out / "search.png").exists()
+    assert len(rows) == 2 and (out / "search.png").exists()
     placed = _placed(cluster, job)
-    assert set(placed["RayTrainWorker"]) == {cluster.trainer_node} and len(placed["RayTrainWorker"]) >= 2 * 2
+    assert set(placed["RayTrainWorker"]) == {cluster.trainer_node} and len(placed["RayTrainWorker"]) >= 2
     assert set(placed["Preparer"]) == {cluster.augment_node} and set(placed["Augmenter"]) == {cluster.augment_node}

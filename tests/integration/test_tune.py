@@ -28,6 +28,18 @@ def _tune(out: Path, log: Path) -> subprocess.Popen:
                                 stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
 
 
+def _terminated_in_saved_state(out: Path) -> int:
+    """Trials Tune's saved experiment state records as finished (what a restored search skips)."""
+    count = 0
+    for path in (out / "tune" / "search").glob("experiment_state-*.json"):
+        try:
+            trials = json.loads(path.read_text())["trial_data"]
+        except (json.JSONDecodeError, KeyError, OSError):
+            continue  # being rewritten
+        count = max(count, sum(json.loads(state)["status"] == "TERMINATED" for state, _ in trials))
+    return count
+
+
 def test_search_stops_trials_early_resumes_after_a_kill_and_its_best_config_finetunes(tmp_path):
     out, log = tmp_path / "search", tmp_path / "tune.log"
     first = _tune(out, log)
@@ -37,7 +49,10 @@ def test_search_stops_trials_early_resumes_after_a_kill_and_its_best_config_fine
         time.sleep(2)
     finished = list(out.glob("trials/*/metrics.json"))
     assert finished, log.read_text()[-3000:]
-    time.sleep(20)  # let Tune save the experiment state with that trial terminated
+    while not _terminated_in_saved_state(out) and time.time() < deadline + 60:
+        assert first.poll() is None, log.read_text()[-3000:]
+        time.sleep(1)
+    assert _terminated_in_saved_state(out), "Tune never saved a finished trial"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     stamp = {path: path.stat().st_mtime for path in finished}

@@ -1,0 +1,109 @@
+"""EvalCache: evaluation splits replayed from worker memory after their first pass, decided by all ranks."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ray_asr.eval_cache import MIB, EvalCache, batch_bytes
+
+
+def _batches(count: int, samples: int = 1600, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for b in range(count):
+        audio = np.empty(2, dtype=object)
+        audio[:] = [rng.integers(-1000, 1000, samples, dtype=np.int16).tobytes() for _ in range(2)]
+        labels = np.empty(2, dtype=object)
+        labels[:] = [rng.integers(0, 50, 5 + i, dtype=np.int32) for i in range(2)]
+        out.append({"id": np.array([f"m:{b}:{i}" for i in range(2)], dtype=object), "audio": audio,
+                    "num_samples": np.array([samples, samples], np.int32), "labels": labels})
+    return out
+
+
+class Stream:
+    """An iterable over batches that counts how often it is iterated."""
+
+    def __init__(self, batches):
+        self.items, self.passes = batches, 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(self.items)
+
+
+def _same(a: list[dict], b: list[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(all(np.array_equal(np.asarray(p), np.asarray(q)) for p, q in zip(x[k], y[k]))
+                                     for k in x) for x, y in zip(a, b))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def one_rank():
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_batch_bytes_counts_audio_and_labels():
+    batch = _batches(1, samples=1000)[0]
+    # 2 clips x 1000 int16 samples, labels 5 and 6 int32 ids, ids "m:0:0" / "m:0:1", num_samples 2 x int32
+    assert batch_bytes(batch) == 2 * 2000 + (5 + 6) * 4 + 2 * 5 + 2 * 4
+
+
+def test_second_pass_replays_the_first_from_memory_without_streaming(one_rank):
+    cache, batches = EvalCache(limit_mb=1), _batches(4)
+    stream = Stream(batches)
+    first = list(cache.batches("eval", stream))
+    assert cache.settle("eval", "cpu") is True
+    second = list(cache.batches("eval", stream))
+    assert stream.passes == 1 and _same(first, batches) and _same(second, batches)
+    # Kept batches are copies: nothing in them shares memory with what the stream handed out.
+    batches[0]["labels"][0][0] = 999
+    assert second[0]["labels"][0][0] != 999
+
+
+def test_a_split_over_the_limit_streams_every_time(one_rank):
+    batches = _batches(8)  # ~51 KB of audio
+    cache = EvalCache(limit_mb=20_000 / MIB)
+    stream = Stream(batches)
+    for _ in range(3):
+        assert _same(list(cache.batches("eval", stream)), batches)
+        assert cache.settle("eval", "cpu") is False
+    assert stream.passes == 3
+
+
+def test_zero_limit_never_keeps_and_needs_no_process_group():
+    cache, stream = EvalCache(limit_mb=0), Stream(_batches(2))
+    for _ in range(2):
+        list(cache.batches("eval", stream))
+        assert cache.settle("eval", "cpu") is False
+    assert stream.passes == 2
+
+
+def _rank(rank: int, port: int, limits: list[float], results) -> None:
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    cache, stream = EvalCache(limit_mb=limits[rank]), Stream(_batches(4, seed=rank))
+    list(cache.batches("eval", stream))
+    kept = cache.settle("eval", "cpu")
+    list(cache.batches("eval", stream))
+    results[rank] = (kept, stream.passes)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("limits", "kept"), [((1.0, 1.0), True), ((1.0, 0.001), False)])
+def test_ranks_keep_a_split_only_when_every_share_fits(limits, kept):
+    results = mp.Manager().dict()
+    mp.spawn(_rank, args=(_free_port(), list(limits), results), nprocs=2, join=True)
+    # Both ranks agree: either both replay (one pass each) or both stream again (two passes each).
+    assert dict(results) == {r: (kept, 1 if kept else 2) for r in range(2)}
