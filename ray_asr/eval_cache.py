@@ -13,7 +13,7 @@ every rank keeps a split or none does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -74,15 +74,23 @@ class EvalCache:
         if record:
             self.pending[split] = kept
 
-    def settle(self, split: str, device) -> bool:
-        """Collective, after a pass over `split` on every rank: keeps it when every rank's share fit. Returns kept."""
+    def settle(self, split: str, device, every_rank: Callable[[bool, object], bool] | None = None) -> bool:
+        """Collective, after a pass over `split` on every rank: keeps it when every rank's share fit. Returns kept.
+
+        `every_rank(fits, device)` tells whether `fits` holds on all ranks (default: an all-reduce).
+        """
         if self.limit <= 0:
             return False  # the same on every rank (one config): nothing to agree on
         if split not in self.settled:
             self.settled.add(split)
             kept = self.pending.pop(split, None)
-            fits = torch.tensor([0 if kept is None else 1], device=device)
-            dist.all_reduce(fits, op=dist.ReduceOp.MIN)
-            if fits.item():
+            if (every_rank or all_ranks)(kept is not None, device):
                 self.kept[split] = kept
         return split in self.kept
+
+
+def all_ranks(flag: bool, device) -> bool:
+    """Whether `flag` is true on every rank of the default process group."""
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
