@@ -11,7 +11,9 @@ import ray
 TESTS = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="session")
+# Package scope: Ray stops once the integration tests are done, so no idle driver lives on in this
+# process while the unit tests run (one CI run lost its whole session to a Ray driver crash there).
+@pytest.fixture(scope="package")
 def ray_local():
     # Ray's workers import functions defined in test modules by module name.
     path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
