@@ -103,10 +103,10 @@ def per_clip_ms(manifest: Path, count: int = 64) -> dict[str, float]:
             times.append(time.perf_counter() - start)
         return 1000 * min(times) / len(rows)
 
-    waves = [audio.to_mono_16k(*audio.decode(data)) for data in encoded]
+    waves = [audio.load(data) for data in encoded]
     extractor = WhisperFeatureExtractor(feature_size=80)
     costs = {
-        "decode + resample (both paths)": best(lambda: [audio.to_mono_16k(*audio.decode(data)) for data in encoded]),
+        "decode + resample (both paths)": best(lambda: [audio.load(data) for data in encoded]),
         "log-mel, ray-asr (batches of 8, audio frames only)": best(
             lambda: [log_mel(stack_waves(waves[i : i + 8])) for i in range(0, len(waves), 8)]),
         "log-mel, WhisperFeatureExtractor (30 s window)": best(
