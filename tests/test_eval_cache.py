@@ -5,11 +5,10 @@ No test here forks or spawns a process: the suite's Ray driver lives in this one
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import torch.distributed as dist
+from ports import free_ports
 
 from ray_asr.eval_cache import MIB, EvalCache, all_ranks, batch_bytes
 
@@ -44,15 +43,9 @@ def _same(a: list[dict], b: list[dict]) -> bool:
                                      for k in x) for x, y in zip(a, b))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def one_rank():
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_ports()[0]}", rank=0, world_size=1)
     yield
     dist.destroy_process_group()
 

@@ -71,13 +71,12 @@ print(json.dumps(result))
 def test_generated_config_trains_under_deepspeed_on_cpu(tiny_model):
     """Single process, gloo, DeepSpeed's CPU accelerator, bf16: each ZeRO stage lowers the loss."""
     import json
-    import socket
     import subprocess
     import sys
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
+    from ports import free_ports
+
+    port = str(free_ports()[0])
     run = subprocess.run([sys.executable, "-c", DEEPSPEED_SCRIPT, str(tiny_model), port], capture_output=True,
                          text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]

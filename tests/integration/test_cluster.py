@@ -23,21 +23,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PLACEMENT = ["data.augment_resources={augment_cpu: 1}", "scaling.resources_per_worker={trainer: 1}",
              "augment=[{name: noise, p: 1.0}]", "data.augment_num_cpus=0.25"]
-
-
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 class Cluster:
@@ -47,7 +38,7 @@ class Cluster:
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
                     "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
         self.env.pop("RAY_ADDRESS", None)
-        self.ports = iter(_free_ports(24))
+        self.ports = iter(free_ports(24))
         self.gcs, self.dashboard = next(self.ports), next(self.ports)
         self.api = f"http://127.0.0.1:{self.dashboard}"
 
