@@ -48,16 +48,17 @@ class DataConfig:
     """Rows per batch in the decode/resample/validate stage."""
     prepare_concurrency: int = 0
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
-    prepare_num_cpus: float = 1.0
-    """CPUs each decode/validate actor reserves; below 1 lets the data tier share a small machine with trainers."""
+    prepare_num_cpus: float | str = "auto"
+    """CPUs each decode/validate actor reserves; `auto`: 0.25 where the data tier shares a CPU-only machine with
+    the trainers (decoding a clip costs ~1/50 of training on it), 1 elsewhere."""
     eval_cache_mb: float = 512.0
     """Memory (MiB) each training worker may keep its share of `eval` and `general_eval` in after their first
     pass, so later evaluations skip the data tier (int16 audio: ~110 MiB an hour); a split that does not fit on
     every worker streams each time. 0 streams every evaluation."""
     preprocess: list = field(default_factory=list)
     """Transforms applied to every split, every epoch, before augmentation (e.g. `[{name: denoise}]` for noisy inputs)."""
-    augment_num_cpus: float = 1.0
-    """CPUs each augmentation actor reserves."""
+    augment_num_cpus: float | str = "auto"
+    """CPUs each augmentation actor reserves; `auto` as for `prepare_num_cpus`."""
     augment_concurrency: int = 0
     """Upper bound on augmentation actors; 0 sizes the pool from the cluster's CPUs."""
     augment_resources: dict = field(default_factory=dict)
@@ -65,6 +66,14 @@ class DataConfig:
     so that on a heterogeneous cluster the audio work runs on the CPU tier and never on the trainers' nodes."""
     quarantine: str | None = None
     """Where rejected rows are written; default `<output_dir>/quarantine.jsonl`."""
+    activation_cache_mb: float = 2048.0
+    """Memory (MiB) each training worker may keep frozen-boundary activations in (whisper-base's encoder output:
+    3 MB a clip in fp32), past which they spill to `activation_cache_dir`. Used when the bottom encoder layers are
+    frozen and nothing perturbs a clip (no waveform augmentation, no SpecAugment): later epochs and evaluations
+    run only the layers above the boundary. 0 turns the cache off."""
+    activation_cache_dir: str | None = None
+    """Local folder for activations past `activation_cache_mb` (and, with several workers on a node, for sharing
+    them); default a folder in the system's temp dir, removed when the run ends."""
 
 
 @dataclass
@@ -106,8 +115,9 @@ class TrainConfig:
     """Passes over the training split."""
     batch_size_per_worker: int = 8
     """Clips per worker per micro-batch."""
-    precision: str = "bf16"
-    """`bf16`, `fp16` or `fp32`."""
+    precision: str = "auto"
+    """`auto`, `bf16`, `fp16` or `fp32`. `auto`: bf16 where the device computes it natively (CUDA with bf16, CPUs
+    with AVX-512 BF16 or AMX), fp16 on older GPUs, fp32 elsewhere (bf16 is emulated ~100x slower there)."""
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     """DeepSpeed ZeRO settings."""
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -142,12 +152,14 @@ class TrainConfig:
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = 2
-    """Ray Train workers (one per GPU when `use_gpu`)."""
+    num_workers: int | str = "auto"
+    """Ray Train workers (one per GPU when `use_gpu`). `auto`: one per GPU with `use_gpu`, else one per CPU node
+    (a worker's torch threads share a node better than workers that all-reduce every step)."""
     use_gpu: bool = False
     """Train on GPUs."""
-    cpus_per_worker: float = 1.0
-    """CPUs each training worker reserves (and uses as torch threads)."""
+    cpus_per_worker: float | str = "auto"
+    """CPUs each training worker reserves (its torch threads: this, rounded up). `auto`: 1 with GPUs, else the
+    node's CPUs less the data tier's share."""
     resources_per_worker: dict = field(default_factory=dict)
     """Extra Ray resources each training worker requests, e.g. `{trainer: 1}` to pin training to a node type
     (GPUs come from `use_gpu`)."""
@@ -214,7 +226,7 @@ _CHOICES = {
     "model.task": ("transcribe", "translate"),
     "data.wire_dtype": ("int16", "float32"),
     "train.strategy": ("full", "freeze", "lora"),
-    "train.precision": ("bf16", "fp16", "fp32"),
+    "train.precision": ("auto", "bf16", "fp16", "fp32"),
 }
 
 
@@ -236,8 +248,13 @@ def validate(cfg: Config) -> Config:
          cfg.data.max_rejected_fraction)
     need(cfg.data.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", cfg.data.prepare_batch_size)
     need(cfg.data.eval_cache_mb >= 0, "data.eval_cache_mb", "must be >= 0", cfg.data.eval_cache_mb)
-    need(cfg.data.prepare_num_cpus > 0, "data.prepare_num_cpus", "must be > 0", cfg.data.prepare_num_cpus)
-    need(cfg.data.augment_num_cpus > 0, "data.augment_num_cpus", "must be > 0", cfg.data.augment_num_cpus)
+    def auto_or(key: str, value: Any, ok: bool, rule: str) -> None:
+        need(value == AUTO or (not isinstance(value, str) and ok), key, f"{rule} or auto", value)
+
+    for key in ("prepare_num_cpus", "augment_num_cpus"):
+        value = getattr(cfg.data, key)
+        auto_or(f"data.{key}", value, not isinstance(value, str) and value > 0, "must be > 0")
+    need(cfg.data.activation_cache_mb >= 0, "data.activation_cache_mb", "must be >= 0", cfg.data.activation_cache_mb)
     need(cfg.data.augment_concurrency >= 0, "data.augment_concurrency", "must be >= 0", cfg.data.augment_concurrency)
     need(cfg.data.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", cfg.data.prepare_concurrency)
     for key, specs in (("augment", cfg.augment), ("data.preprocess", cfg.data.preprocess)):
@@ -272,8 +289,9 @@ def validate(cfg: Config) -> Config:
     need(ds.gradient_accumulation_steps >= 1, "train.deepspeed.gradient_accumulation_steps", "must be >= 1",
          ds.gradient_accumulation_steps)
     need(ds.gradient_clipping >= 0, "train.deepspeed.gradient_clipping", "must be >= 0", ds.gradient_clipping)
-    need(cfg.scaling.num_workers >= 1, "scaling.num_workers", "must be >= 1", cfg.scaling.num_workers)
-    need(cfg.scaling.cpus_per_worker > 0, "scaling.cpus_per_worker", "must be > 0", cfg.scaling.cpus_per_worker)
+    workers, cpus = cfg.scaling.num_workers, cfg.scaling.cpus_per_worker
+    auto_or("scaling.num_workers", workers, not isinstance(workers, str) and workers >= 1, "must be >= 1")
+    auto_or("scaling.cpus_per_worker", cpus, not isinstance(cpus, str) and cpus > 0, "must be > 0")
     for key, resources in (("data.augment_resources", cfg.data.augment_resources),
                            ("scaling.resources_per_worker", cfg.scaling.resources_per_worker)):
         for name, amount in resources.items():
@@ -306,6 +324,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+AUTO = "auto"  # a value resolved from the hardware when the run starts (`ray_asr.layout`, `ray_asr.hardware`)
 DISTRIBUTIONS = ("loguniform", "uniform", "randint")  # each takes [lo, hi]; `choice` takes a list
 
 

@@ -40,6 +40,13 @@ PREPARED_SCHEMA = pa.schema([
 # Reading a shard is light I/O (manifest lines, or table slices with embedded audio); a quarter
 # CPU lets reads run beside the decode actors when trainers hold the rest of a small machine.
 READ_TASK_CPUS = 0.25
+DEDICATED_ACTOR_CPUS = 1.0  # a decode/augment actor with the machine to itself (`auto` where no trainer shares it)
+
+
+def actor_cpus(value: float | str) -> float:
+    """`data.prepare_num_cpus` / `augment_num_cpus` as a number; `auto` left unresolved means no trainer shares
+    the machine (`ray-asr validate`, benchmarks): a whole CPU each (`ray_asr.layout` resolves it for runs)."""
+    return DEDICATED_ACTOR_CPUS if value == "auto" else float(value)
 
 
 class TooManyRejected(RuntimeError):
@@ -222,8 +229,8 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
         },
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
-        compute=_actor_pool(cfg.data.prepare_concurrency, cfg.data.prepare_num_cpus),
-        num_cpus=cfg.data.prepare_num_cpus,
+        compute=_actor_pool(cfg.data.prepare_concurrency, actor_cpus(cfg.data.prepare_num_cpus)),
+        num_cpus=actor_cpus(cfg.data.prepare_num_cpus),
         **tier,
     )
     if split == "train":
@@ -288,7 +295,7 @@ def augment_stage(ds, cfg: Config):
                                "counter": PassCounter.remote()},
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
-        compute=_actor_pool(cfg.data.augment_concurrency, cfg.data.augment_num_cpus),
-        num_cpus=cfg.data.augment_num_cpus,
+        compute=_actor_pool(cfg.data.augment_concurrency, actor_cpus(cfg.data.augment_num_cpus)),
+        num_cpus=actor_cpus(cfg.data.augment_num_cpus),
         resources=cfg.data.augment_resources or None,
     )

@@ -24,17 +24,20 @@ def token_limits(labels: torch.Tensor) -> list[int]:
 
 
 @torch.no_grad()
-def generate(model, features: torch.Tensor, limits: list[int], eos_token_id: int, synced_gpus: bool = False,
-             max_new_tokens: int | None = None):
+def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = False, max_new_tokens: int | None = None,
+             language: str | None = None, task: str | None = None, **inputs):
     """Greedy transcripts' token ids (prompt removed, cut at end-of-text) and whether each ran away.
 
-    The batch decodes up to `max_new_tokens` (default: the largest limit), and each clip is then
-    judged against its own limit, so results do not depend on which clips share a batch.
-    `synced_gpus` keeps every rank stepping the decoder until all ranks finish (ZeRO-3 gathers
-    parameters collectively on each forward, so a rank that stopped early would hang the rest).
+    `inputs`: `input_features` (log-mel), or `encoder_outputs` already computed (evaluation during
+    training runs the encoder once for the loss and the decoding). The batch decodes up to
+    `max_new_tokens` (default: the largest limit), and each clip is then judged against its own
+    limit, so results do not depend on which clips share a batch. `synced_gpus` keeps every rank
+    stepping the decoder until all ranks finish (ZeRO-3 gathers parameters collectively on each
+    forward, so a rank that stopped early would hang the rest).
     """
-    out = model.generate(input_features=features, max_new_tokens=max_new_tokens or max(limits),
-                         synced_gpus=synced_gpus, return_dict_in_generate=True)
+    prompt = {key: value for key, value in (("language", language), ("task", task)) if value}
+    out = model.generate(**inputs, **prompt, max_new_tokens=max_new_tokens or max(limits), synced_gpus=synced_gpus,
+                         return_dict_in_generate=True)
     ids, runaway = [], []
     for row, limit in zip(out.sequences[:, PROMPT_TOKENS:].tolist(), limits, strict=True):
         row = row[:limit]
@@ -84,7 +87,7 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
         chunk = accepted[start : start + batch_size]
         features = log_mel(stack_waves([wave for _, _, wave, _ in chunk]), model.config.num_mel_bins)
         limits = token_limits(pad_labels([ids for *_, ids in chunk]))
-        ids, runaway = generate(model, features, limits, tokenizer.eos_token_id)
+        ids, runaway = generate(model, limits, tokenizer.eos_token_id, input_features=features)
         per_utterance += rows(tokenizer, ids, runaway, [text for _, text, _, _ in chunk], [i for i, *_ in chunk])
     report = metrics.report(per_utterance, language)
     return {**report, "rejected": dict(sorted(rejected.items())), "per_utterance": per_utterance}

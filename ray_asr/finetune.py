@@ -23,7 +23,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from ray_asr import checkpoint, cluster, data, plots
+from ray_asr import checkpoint, cluster, data, layout, plots
 from ray_asr.config import Config
 from ray_asr.train import EVAL_SPLITS, train_loop_per_worker
 
@@ -34,11 +34,12 @@ def storage_path(cfg: Config) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _plan(cfg: Config, datasets: dict, rows: int) -> dict:
+def _plan(cfg: Config, datasets: dict, rows: int, base_row: dict | None = None, evaluate_only: bool = False) -> dict:
     per_step = cfg.train.batch_size_per_worker * cfg.scaling.num_workers * cfg.train.deepspeed.gradient_accumulation_steps
     return {"steps_per_epoch": max(1, math.ceil(rows / per_step)),
             "eval_splits": [s for s in EVAL_SPLITS if s in datasets],
-            "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None}
+            "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None,
+            "base_row": base_row, "evaluate_only": evaluate_only}
 
 
 def worker_resources(cfg: Config) -> dict:
@@ -49,16 +50,21 @@ def worker_resources(cfg: Config) -> dict:
     return resources
 
 
-def trainer(cfg: Config, sink, callbacks: list | None = None) -> TorchTrainer:
-    """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy."""
-    datasets = {"train": data.build_dataset(cfg, "train", sink)}
+def trainer(cfg: Config, sink, callbacks: list | None = None, base_row: dict | None = None,
+            evaluate_only: bool = False) -> TorchTrainer:
+    """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy.
+
+    `base_row`: the starting model's evaluation, measured once elsewhere (a search), heads the history
+    instead of being measured again; `evaluate_only`: the workers evaluate the starting model and stop."""
+    datasets = {} if evaluate_only else {"train": data.build_dataset(cfg, "train", sink)}
     for split in EVAL_SPLITS:
         if getattr(cfg.data, split):
             datasets[split] = data.build_dataset(cfg, split, sink)
-    planned = ray.get(sink.planned_rows.remote("train"))
+    planned = 0 if evaluate_only else ray.get(sink.planned_rows.remote("train"))
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": _config_dict(cfg), "plan": _plan(cfg, datasets, planned)},
+        train_loop_config={"config": _config_dict(cfg),
+                           "plan": _plan(cfg, datasets, planned, base_row, evaluate_only)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
@@ -182,10 +188,25 @@ def read_history(cfg: Config) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def run(cfg: Config, callbacks: list | None = None) -> dict:
+def score_base(cfg: Config) -> dict:
+    """The starting model's evaluation row (step 0) on `eval` and `general_eval`, by the train loop's own
+    sharded evaluation: a short Ray Train run that trains nothing."""
+    cluster.connect(cfg.ray.address)
+    cfg = layout.resolve(cfg)
+    sink = data.open_sink(None)
+    try:
+        result = trainer(cfg, sink, evaluate_only=True).fit()
+    finally:
+        ray.get(sink.close.remote())
+    return {key: value for key, value in result.metrics.items() if key not in ("steps_run", "finished")}
+
+
+def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_row: dict | None = None) -> dict:
     """One fine-tuning run end to end; returns the summary written to metrics.json.
 
-    `callbacks` go to Ray Train's `RunConfig` (a Tune trial passes `TuneReportCallback`)."""
+    `callbacks` go to Ray Train's `RunConfig` (a Tune trial passes `TuneReportCallback`); `reserved`: CPUs of
+    this machine held elsewhere (a Tune trial's share of the others), left out of the layout; `base_row`: the
+    starting model's evaluation measured once for many runs (`score_base`), heading this run's history."""
     check(cfg)
     done = finished_checkpoint(cfg)
     if done is not None:
@@ -193,11 +214,13 @@ def run(cfg: Config, callbacks: list | None = None) -> dict:
         summary = collect(cfg, done, steps_run=0)
     else:
         cluster.connect(cfg.ray.address)
+        cfg = layout.resolve(cfg, reserved=reserved)  # stops here, in seconds, on a layout that cannot run
+        print(layout.describe(cfg))
         # One overall bar per dataset; per-operator bars flood logs that are not a terminal (jobs, CI).
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
         sink = data.open_sink(cfg.quarantine_path)
         try:
-            result = trainer(cfg, sink, callbacks).fit()
+            result = trainer(cfg, sink, callbacks, base_row).fit()
             _print_rejections(cfg, sink)
         finally:
             ray.get(sink.close.remote())

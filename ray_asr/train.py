@@ -2,7 +2,8 @@
 
     load Whisper → strategy + frozen depth → deepspeed.initialize (over Ray's process group)
     → resume from the last Ray checkpoint, if any
-    → per epoch: stream this worker's share of `train` → log-mel on the worker → forward/backward/step
+    → per epoch: stream this worker's share of `train` → log-mel on the worker → frozen encoder layers
+         (from the activation cache after a clip's first pass, `ray_asr.encoder`) → forward/backward/step
          every `eval_every_steps` and at each epoch's end: sharded generation on `eval` (and
          `general_eval`), gathered → metrics → checkpoint (every rank's DeepSpeed shard) → report
     → the last checkpoint also carries the exported model
@@ -24,12 +25,17 @@ from pathlib import Path
 import ray.train
 import torch
 import torch.distributed as dist
+from transformers.modeling_outputs import BaseModelOutput
 
-from ray_asr import checkpoint, config, evaluate, export, labels, metrics
+from ray_asr import checkpoint, config, evaluate, export, hardware, labels, layout, metrics
 from ray_asr import model as model_lib
+from ray_asr.activation_cache import ActivationCache, default_folder
 from ray_asr.collate import WhisperCollator
+from ray_asr.data import READ_TASK_CPUS
+from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
 from ray_asr.eval_cache import EvalCache
-from ray_asr.zero import deepspeed_config
+from ray_asr.watchdog import Watchdog
+from ray_asr.zero import deepspeed_config, optimizer
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
 log = logging.getLogger(__name__)
@@ -37,14 +43,19 @@ EVAL_SPLITS = {"eval": "", "general_eval": "general_"}  # split → metric key p
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def lockstep(batches, dummy, device):
+def any_rank(flag: bool, group=None) -> bool:
+    """Whether `flag` holds on some rank (a CPU all-reduce over `group`: no device sync)."""
+    value = torch.tensor([int(flag)])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX, group=group)
+    return bool(value.item())
+
+
+def lockstep(batches, dummy, group=None):
     """Yields `(batch, real)` until every rank's iterator is exhausted; spent ranks get `(dummy, False)`."""
     iterator = iter(batches)
     while True:
         batch = next(iterator, None)
-        more = torch.tensor([0 if batch is None else 1], device=device)
-        dist.all_reduce(more, op=dist.ReduceOp.MAX)
-        if not more.item():
+        if not any_rank(batch is not None, group):
             return
         yield (batch, True) if batch is not None else (dummy, False)
 
@@ -63,20 +74,37 @@ class Worker:
         self.plan = loop_config["plan"]
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
-        # Ray pins OMP_NUM_THREADS to the worker's whole CPUs; match torch's intra-op pool to it.
-        torch.set_num_threads(max(1, int(self.cfg.scaling.cpus_per_worker)))
+        # Ray pins OMP_NUM_THREADS to the worker's whole CPUs; torch's intra-op pool takes the CPUs it holds.
+        torch.set_num_threads(layout.threads(self.cfg.scaling.cpus_per_worker))
         self.device = ray.train.torch.get_device()
-        self.dtype = DTYPES[self.cfg.train.precision]
+        # Control flow (who has data, decode lengths) goes over gloo on the CPU: no device sync per step.
+        self.control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        self.precision = self._precision()
+        self.dtype = DTYPES[self.precision]
         self.tokenizer = labels.load_tokenizer(self.cfg.model.name_or_path, self.cfg.model.language, self.cfg.model.task)
+        self.boundary: FrozenBoundary | None = None
         self.engine = self._engine()
         n_mels = self.engine.module.config.num_mel_bins
         self.collate = WhisperCollator(n_mels=n_mels, wire_dtype=self.cfg.data.wire_dtype, device=self.device,
                                        keep=("id", "text"))
         self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
         self.state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "done": False}
-        self.loss_sum, self.loss_count, self.steps_run = 0.0, 0, 0
+        self.loss_sum, self.loss_count, self.steps_run = torch.zeros((), device=self.device), 0, 0
+        self.clips, self.step_seconds = 0, 0.0  # real clips trained and time in steps since the last evaluation
         self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
         self.eval_cache = EvalCache(self.cfg.data.eval_cache_mb)
+        self.watchdog = Watchdog(self._stall_message) if self.rank == 0 else None
+
+    def _precision(self) -> str:
+        """`train.precision`, `auto` resolved the same on every rank (bf16 only if every rank has it natively)."""
+        requested = self.cfg.train.precision
+        native = not any_rank(not hardware.bf16_native(self.device), self.control)
+        precision = hardware.resolve_precision(requested, self.device, native)
+        if precision == "bf16" and not native and self.device.type == "cpu" and self.rank == 0:
+            log.warning(f"[train] train.precision: bf16 on a CPU without native bf16: a matmul measured "
+                        f"{hardware.bf16_slowdown():.0f}x slower than fp32 here; use train.precision=auto (fp32 here)")
+        self.precision_note = hardware.describe(precision, requested, self.device)
+        return precision
 
     def _engine(self):
         import deepspeed
@@ -87,17 +115,63 @@ class Worker:
         net = model_lib.apply_strategy(model_lib.load(self.cfg.model.name_or_path), self.cfg.train)
         if self.cfg.train.gradient_checkpointing:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        depth = model_lib.frozen_depth(self.cfg.train, net.config.encoder_layers)
+        cache = self._activation_cache(net, depth)  # reads the frozen weights: before ZeRO-3 partitions them
         total = self.plan["steps_per_epoch"] * self.cfg.train.epochs
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins Ray's process group
-        engine, *_ = deepspeed.initialize(model=net, model_parameters=[p for p in net.parameters() if p.requires_grad],
-                                          config=deepspeed_config(self.cfg.train, total))
+        trainable = [p for p in net.parameters() if p.requires_grad]
+        engine, *_ = deepspeed.initialize(model=net, model_parameters=trainable, optimizer=optimizer(self.cfg.train, trainable),
+                                          config=deepspeed_config(self.cfg.train, total, self.precision))
         checkpoint.use_safe_loading(engine)
+        if cache is not None:
+            synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1
+            self.boundary = FrozenBoundary(engine.module, depth, cache,
+                                           anyone=(lambda flag: any_rank(flag, self.control)) if synced else None)
         if self.rank == 0:
             share = model_lib.trainable_summary(engine.module)
+            threads = "GPU" if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
             log.info(f"[train] {self.cfg.train.strategy}: {share['trainable']:,} of {share['total']:,} parameters "
-                  f"train ({share['share']:.1%}); ZeRO-{self.cfg.train.deepspeed.stage}, {self.cfg.train.precision}, "
-                  f"{self.world} workers, ~{total} steps")
+                     f"train ({share['share']:.1%}); ZeRO-{self.cfg.train.deepspeed.stage}, {self.precision_note}, "
+                     f"{self.world} worker{'s' if self.world > 1 else ''} ({threads}), ~{total} steps")
+            log.info(f"[train] activation cache: {self._cache_note(depth, cache)}")
         return engine
+
+    def _activation_cache(self, net, depth: int) -> ActivationCache | None:
+        """The frozen-boundary cache, or None where the frozen part is absent or not the same every time."""
+        d = self.cfg.data
+        if depth == 0 or d.activation_cache_mb <= 0 or not deterministic(whisper_of(net).config):
+            return None
+        folder = d.activation_cache_dir or default_folder()
+        return ActivationCache(d.activation_cache_mb, folder, fingerprint(net, depth, self.dtype),
+                               share_disk=self.world > 1, keep_files=d.activation_cache_dir is not None)
+
+    def _cache_note(self, depth: int, cache: ActivationCache | None) -> str:
+        if cache is None:
+            why = ("no frozen encoder layers" if depth == 0 else "data.activation_cache_mb is 0"
+                   if self.cfg.data.activation_cache_mb <= 0 else "the encoder has dropout or layer drop")
+            return f"off ({why})"
+        where = "evaluation splits only (augmented training clips differ every epoch)" if self.cfg.augment else \
+            "training and evaluation splits"
+        return (f"on below encoder layer {depth}, {where}; up to {self.cfg.data.activation_cache_mb:g} MiB in memory, "
+                f"then {cache.folder.parent}")
+
+    def _stall_message(self, waited: float) -> str:
+        """What a stalled data tier is waiting for: free resources against what its stages ask."""
+        total, free = ray.cluster_resources(), ray.available_resources()
+        d = self.cfg.data
+        asks = f"decode actors ask {d.prepare_num_cpus:g} CPU each, read tasks {READ_TASK_CPUS:g}"
+        if self.cfg.augment:
+            asks += f", augment actors {d.augment_num_cpus:g}"
+        if d.augment_resources:
+            asks += f", all with {d.augment_resources}"
+        return (f"[data] no batch for {waited:.0f} s; Ray has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs "
+                f"free and {asks}: lower scaling.cpus_per_worker or data.prepare_num_cpus, or add CPU nodes")
+
+    def close(self) -> None:
+        if self.boundary is not None and self.boundary.cache is not None:
+            self.boundary.cache.close()
+        if self.watchdog is not None:
+            self.watchdog.stop()
 
     def resume(self) -> None:
         found = ray.train.get_checkpoint()
@@ -113,6 +187,9 @@ class Worker:
             log.info(f"[train] resumed from checkpoint at step {self.state['step']} ({where})")
 
     def run(self) -> None:
+        if self.plan.get("evaluate_only"):  # a search's one scoring of the starting model
+            ray.train.report({**self._eval_row(epoch=0), "steps_run": 0, "finished": True})
+            return
         self.resume()
         if self.state["done"]:  # a finished run: report its final metrics again, train nothing
             ray.train.report({**self.state["history"][-1], "steps_run": 0, "finished": True})
@@ -120,7 +197,8 @@ class Worker:
         every = self.cfg.train.eval_every_steps
         if self.cfg.train.eval_at_start and not self.state["history"]:
             # Kept in the history, not reported: a search's scheduler should rank trials on trained steps only.
-            self.state["history"].append(self._eval_row(epoch=0))
+            # A search scores the starting model once for all its trials (`plan["base_row"]`).
+            self.state["history"].append(self.plan.get("base_row") or self._eval_row(epoch=0))
         for epoch in range(self.state["epoch"], self.cfg.train.epochs):
             shard = ray.train.get_dataset_shard("train")
             batches = shard.iter_torch_batches(
@@ -128,7 +206,7 @@ class Worker:
                 local_shuffle_buffer_size=self.cfg.train.shuffle_buffer or None,
                 local_shuffle_seed=self.cfg.train.seed + 1000 * epoch + self.rank)
             skip = self.state["batches_done"]  # resumed mid-epoch: batches trained before the restart
-            for n, (batch, real) in enumerate(lockstep(batches, self.dummy, self.device)):
+            for n, (batch, real) in enumerate(lockstep(self._watched(batches), self.dummy, self.control)):
                 if n < skip:
                     continue
                 stepped = self._train_step(batch, real)
@@ -138,17 +216,33 @@ class Worker:
             self.state["epoch"], self.state["batches_done"] = epoch + 1, 0
             self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
 
+    def _watched(self, batches):
+        return self.watchdog.watch(batches) if self.watchdog else batches
+
+    def _encoder_inputs(self, batch: dict, split: str, real: bool) -> dict:
+        """The model's encoder input for a batch: the encoder output through the frozen boundary (cached per
+        clip where nothing perturbs it), else the log-mel features."""
+        features = batch["input_features"].to(self.dtype)
+        if self.boundary is None:
+            return {"input_features": features}
+        cacheable = real and (split != "train" or not self.cfg.augment)
+        keys = [f"{split}/{i}" if cacheable else None for i in batch["id"]]
+        return {"encoder_outputs": BaseModelOutput(last_hidden_state=self.boundary(features, keys))}
+
     def _train_step(self, batch: dict, real: bool) -> bool:
-        """One micro-batch; returns whether the optimizer stepped."""
+        """One micro-batch; returns whether the optimizer stepped. Nothing here waits for the device."""
         self._maybe_fail()
+        started = time.perf_counter()
         self.engine.train()
         before = self.engine.global_steps
-        out = self.engine(input_features=batch["input_features"].to(self.dtype), labels=batch["labels"])
+        out = self.engine(**self._encoder_inputs(batch, "train", real), labels=batch["labels"])
         self.engine.backward(out.loss if real else out.loss * 0.0)
         self.engine.step()
         if real:
-            self.loss_sum += out.loss.item()
+            self.loss_sum += out.loss.detach()
             self.loss_count += 1
+            self.clips += len(batch["id"])
+        self.step_seconds += time.perf_counter() - started
         stepped = self.engine.global_steps != before
         if stepped:
             self.state["step"] = self.engine.global_steps
@@ -177,16 +271,20 @@ class Worker:
         rows, loss_sum, loss_n = [], 0.0, 0
         stream = ray.train.get_dataset_shard(split).iter_batches(batch_size=self.cfg.train.batch_size_per_worker,
                                                                  batch_format="numpy")
-        batches = map(self.collate, self.eval_cache.batches(split, stream))
+        batches = map(self.collate, self._watched(self.eval_cache.batches(split, stream)))
         with torch.no_grad():
-            for batch, real in lockstep(batches, self.dummy, self.device):
-                features = batch["input_features"].to(self.dtype)
-                loss = model(input_features=features, labels=batch["labels"]).loss
+            for batch, real in lockstep(batches, self.dummy, self.control):
+                inputs = self._encoder_inputs(batch, split, real)
+                if "input_features" in inputs:  # the encoder once, for the loss and the decoding alike
+                    encoder = whisper_of(model).get_encoder()
+                    inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder(**inputs).last_hidden_state)}
+                loss = model(**inputs, labels=batch["labels"]).loss
                 limits = evaluate.token_limits(batch["labels"])
-                longest = torch.tensor([max(limits)], device=self.device)
-                dist.all_reduce(longest, op=dist.ReduceOp.MAX)  # one decode length, so synced ranks agree
-                ids, runaway = evaluate.generate(model, features, limits, self.tokenizer.eos_token_id, synced,
-                                                 max_new_tokens=int(longest.item()))
+                longest = torch.tensor([max(limits)])
+                dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.control)  # synced ranks decode as long
+                ids, runaway = evaluate.generate(model, limits, self.tokenizer.eos_token_id, synced,
+                                                 max_new_tokens=int(longest.item()), language=self.cfg.model.language,
+                                                 task=self.cfg.model.task, **inputs)
                 if real:
                     loss_sum += loss.item() * len(ids)
                     loss_n += len(ids)
@@ -204,16 +302,24 @@ class Worker:
         result["loss"] = sum(s for _, s, _ in gathered) / max(sum(n for _, _, n in gathered), 1)
         return result
 
-    def _train_loss(self) -> float:
-        totals = torch.tensor([self.loss_sum, float(self.loss_count)], dtype=torch.float64, device=self.device)
+    def _train_totals(self) -> dict:
+        """Mean train loss and throughput since the last row, over every rank; resets the counters."""
+        totals = torch.stack([self.loss_sum.double(), torch.tensor(float(self.loss_count), dtype=torch.float64,
+                                                                     device=self.device)])
         dist.all_reduce(totals)
-        self.loss_sum, self.loss_count = 0.0, 0
-        return float(totals[0] / totals[1]) if totals[1] else float("nan")
+        clips = torch.tensor([float(self.clips)])
+        dist.all_reduce(clips, group=self.control)
+        seconds = torch.tensor([self.step_seconds])
+        dist.all_reduce(seconds, op=dist.ReduceOp.MAX, group=self.control)
+        loss = float(totals[0] / totals[1]) if totals[1] else float("nan")
+        rate = float(clips[0] / seconds[0]) if seconds[0] > 0 else float("nan")
+        self.loss_sum, self.loss_count, self.clips, self.step_seconds = self.loss_sum.zero_(), 0, 0, 0.0
+        return {"train_loss": loss, "train_clips_per_s": rate}
 
     def _eval_row(self, epoch: int) -> dict:
         """Train loss since the last row, and every eval split's metrics (logged on rank 0)."""
         started = time.perf_counter()
-        row = {"step": self.state["step"], "epoch": epoch, "train_loss": self._train_loss()}
+        row = {"step": self.state["step"], "epoch": epoch, **self._train_totals()}
         for split, prefix in EVAL_SPLITS.items():
             if split in self.plan["eval_splits"]:
                 found = self._evaluate(split)
@@ -252,7 +358,8 @@ class Worker:
 
 
 def _eval_line(row: dict) -> str:
-    parts = [f"[eval] step {row['step']} epoch {row['epoch']}", f"train loss {row['train_loss']:.3f}"]
+    parts = [f"[eval] step {row['step']} epoch {row['epoch']}",
+             f"train loss {row['train_loss']:.3f} ({row.get('train_clips_per_s', float('nan')):.2f} clips/s)"]
     if row["step"] == 0:
         parts[1] = "before training"
     for prefix, name in (("", "eval"), ("general_", "general")):
@@ -264,4 +371,8 @@ def _eval_line(row: dict) -> str:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train entry point: `loop_config = {"config": Config as dict, "plan": {...}}` (see `ray_asr.finetune`)."""
-    Worker(loop_config).run()
+    worker = Worker(loop_config)
+    try:
+        worker.run()
+    finally:
+        worker.close()

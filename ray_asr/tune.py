@@ -4,8 +4,9 @@ Each trial is a whole `finetune` run (its own `TorchTrainer` with `scaling.num_w
 started from the trial function, the Train V2 way); `TuneReportCallback` forwards every evaluation
 to Tune, where ASHA stops trials whose eval WER (`tune.metric`) trails. Outputs in `output_dir`:
 
+    base_score.json        the starting model's evaluation, measured once and heading every trial's history
     trials/<trial id>/     each trial's finetune outputs (model, metrics, curves, checkpoints)
-    trials.csv             one row per trial: searched values, final and best WER, steps, stopped early
+    trials.csv             one row per trial: searched values, final and best WER, steps, stopped early, seconds
     search.png             WER against learning rate, one colour per frozen depth
     best_config.yaml       a complete config `ray-asr finetune` accepts (it resumes the best trial's run)
     best/model/            the best trial's model
@@ -18,16 +19,19 @@ from __future__ import annotations
 
 import copy
 import csv
+import json
 import math
 import shutil
+import time
 from pathlib import Path
 
 import yaml
 
-from ray_asr import cluster, config, finetune
-from ray_asr.config import Config, ConfigError
+from ray_asr import cluster, config, finetune, layout
+from ray_asr.config import AUTO, Config, ConfigError
 
 EXPERIMENT = "search"
+BASE_SCORE = "base_score.json"
 
 
 def _domain(space: dict):
@@ -39,13 +43,15 @@ def _domain(space: dict):
     return {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}[kind](*args)
 
 
-def param_space(cfg: Config) -> dict:
-    """Tune's search space: dotted config keys → distributions, plus the base config as a constant."""
+def param_space(cfg: Config, reserved: float = 0.0, base_row: dict | None = None) -> dict:
+    """Tune's search space: dotted config keys → distributions, plus constants: the base config, each trial's
+    share of the machine (`reserved`: CPUs it leaves to the others) and the starting model's evaluation."""
     space = {"train.learning_rate": _domain(cfg.tune.learning_rate),
              "train.frozen_encoder_layers": _domain(cfg.tune.frozen_encoder_layers)}
     space.update({key: _domain(value) for key, value in cfg.tune.space.items()})
     base = finetune.absolute_paths(config.to_dict(cfg))  # trials run in their own folders
-    return {"searched": space, "base": base, "root": str(Path(cfg.output_dir).resolve())}
+    return {"searched": space, "base": base, "root": str(Path(cfg.output_dir).resolve()), "reserved": reserved,
+            "base_row": base_row}
 
 
 def apply(values: dict, key: str, value) -> None:
@@ -76,9 +82,10 @@ def trial_config(params: dict, trial_id: str) -> Config:
     for key, value in params["searched"].items():
         apply(values, key, _plain(value))
     values["output_dir"] = str(Path(params["root"]) / "trials" / trial_id)
+    if values["scaling"]["use_gpu"] and values["scaling"]["num_workers"] == AUTO:
+        values["scaling"]["num_workers"] = 1  # a search runs trials side by side, one GPU each
     values["train"]["storage_path"] = None
-    if values["tune"]["max_general_wer_increase"] is not None:
-        values["train"]["eval_at_start"] = True  # the base model's general WER, for the constraint
+    values["train"]["eval_at_start"] = True  # every history starts from the search's one base score
     return config.from_dict(values)
 
 
@@ -88,7 +95,8 @@ def run_trial(params: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_config(params, tune.get_context().get_trial_id())
-    summary = finetune.run(cfg, callbacks=[TuneReportCallback()])
+    summary = finetune.run(cfg, callbacks=[TuneReportCallback()], reserved=params.get("reserved", 0.0),
+                           base_row=params.get("base_row"))
     final = {**{key: summary["eval"][key] for key in ("wer", "cer", "eval_loss")}, "step": summary["step"],
              "finished": True}
     if "general_eval" in summary:
@@ -102,40 +110,50 @@ def run_trial(params: dict) -> None:
 TRIAL_FUNCTION_CPUS = 0.01  # the trial function only drives its TorchTrainer; Tune refuses an empty bundle
 
 
-def trial_cpus(cfg: Config) -> float:
-    """CPUs one CPU-only trial holds at once: its workers, one decode actor, one read task, the trial function."""
-    from ray_asr.data import READ_TASK_CPUS
-
-    return (cfg.scaling.num_workers * cfg.scaling.cpus_per_worker + cfg.data.prepare_num_cpus + READ_TASK_CPUS
-            + TRIAL_FUNCTION_CPUS)
-
-
 def _concurrency(cfg: Config) -> int:
-    """Trials at once: what the cluster fits (a trial needs its workers plus a little data tier)."""
+    """Trials at once: `tune.max_concurrent_trials`, else what the cluster fits (trials of an `auto` layout
+    fill a CPU-only machine one at a time)."""
     if cfg.tune.max_concurrent_trials:
         return cfg.tune.max_concurrent_trials
-    import ray
-
-    resources = ray.cluster_resources()
+    cluster = layout.Cluster.current()
     if cfg.scaling.use_gpu:
-        return max(1, int(resources.get("GPU", 0) // cfg.scaling.num_workers))
-    return max(1, int(resources.get("CPU", 1) // trial_cpus(cfg)))
+        per_trial = 1 if cfg.scaling.num_workers == AUTO else cfg.scaling.num_workers
+        return max(1, int(cluster.gpus // per_trial))
+    if AUTO in (cfg.scaling.num_workers, cfg.scaling.cpus_per_worker):
+        return 1
+    one = layout.resolve(cfg, cluster)
+    need = one.scaling.num_workers * one.scaling.cpus_per_worker + layout.data_cpus(one) + TRIAL_FUNCTION_CPUS
+    return max(1, int(cluster.cpus // need))
 
 
-def _check_fits(cfg: Config) -> None:
-    """On a fixed CPU-only cluster, a trial larger than its CPUs would wait forever for its data tier."""
-    import ray
-
-    if cfg.scaling.use_gpu or cfg.data.augment_resources or len(ray.nodes()) != 1:
-        return  # GPUs, a separate audio tier or several nodes (maybe autoscaling): the cluster decides
-    have, need = ray.cluster_resources().get("CPU", 0), trial_cpus(cfg)
-    if need > have + 1e-9:
-        raise ConfigError(f"scaling.cpus_per_worker: a trial needs {need:g} CPUs ({cfg.scaling.num_workers} workers x "
-                          f"{cfg.scaling.cpus_per_worker:g} + decode {cfg.data.prepare_num_cpus:g} + read and trial "
-                          f"function) but this Ray has {have:g}")
+def _reserved(cfg: Config, concurrency: int) -> float:
+    """CPUs a trial leaves to the others on a shared machine: their whole share, and its own trial function."""
+    cluster = layout.Cluster.current()
+    if not layout.shares_machine(cfg, cluster):
+        return TRIAL_FUNCTION_CPUS
+    return cluster.cpus * (concurrency - 1) / concurrency + TRIAL_FUNCTION_CPUS
 
 
-def _tuner(cfg: Config):
+def base_row(cfg: Config) -> dict:
+    """The starting model's evaluation, once per search: measured by the train loop's own evaluation, or read
+    back from `output_dir/base_score.json` when it was measured for the same model and evaluation data."""
+    values = finetune.absolute_paths(config.to_dict(cfg))
+    key = {"model": values["model"], "eval": values["data"]["eval"], "general_eval": values["data"]["general_eval"],
+           "max_duration_s": cfg.data.max_duration_s, "preprocess": cfg.data.preprocess}
+    path = Path(cfg.output_dir) / BASE_SCORE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            return saved["row"]
+    started = time.perf_counter()
+    row = finetune.score_base(cfg)
+    print(f"[tune] base model scored once for every trial in {time.perf_counter() - started:.0f} s: "
+          f"WER {row['wer']:.2%}" + (f", general WER {row['general_wer']:.2%}" if "general_wer" in row else ""))
+    path.write_text(json.dumps({"key": key, "row": row}, indent=1))
+    return row
+
+
+def _tuner(cfg: Config, concurrency: int, base: dict):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
@@ -144,7 +162,6 @@ def _tuner(cfg: Config):
     if tune.Tuner.can_restore(str(path / EXPERIMENT)):
         print(f"resuming the search in {path / EXPERIMENT}")
         return tune.Tuner.restore(str(path / EXPERIMENT), trainable, resume_unfinished=True, resume_errored=True)
-    concurrency = _concurrency(cfg)
     if cfg.tune.search == "tpe":
         try:
             from ray.tune.search.optuna import OptunaSearch
@@ -160,7 +177,7 @@ def _tuner(cfg: Config):
                               reduction_factor=cfg.tune.reduction_factor, max_t=10_000)
     return tune.Tuner(
         trainable,
-        param_space=param_space(cfg),
+        param_space=param_space(cfg, _reserved(cfg, concurrency), base),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.num_samples, search_alg=search,
                                     scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(path)),
@@ -181,7 +198,8 @@ def _rows(cfg: Config, grid) -> list[dict]:
             row.update({cfg.tune.metric: metrics.get(cfg.tune.metric, math.nan), f"best_{cfg.tune.metric}": best(cfg.tune.metric)})
         row.update({"wer": metrics.get("wer", math.nan), "best_wer": best("wer"),
                     "general_wer": metrics.get("general_wer", math.nan), "steps": metrics.get("step", 0),
-                    "stopped_early": not metrics.get("finished", False), "error": bool(result.error)})
+                    "stopped_early": not metrics.get("finished", False), "error": bool(result.error),
+                    "seconds": round(metrics.get("time_total_s", math.nan), 1)})
         limit = cfg.tune.max_general_wer_increase
         row["constraint_ok"] = limit is None or metrics.get("general_wer_increase", math.inf) <= limit
         rows.append(row)
@@ -233,9 +251,15 @@ def run(cfg: Config) -> list[dict]:
     if not cfg.data.eval:
         raise ConfigError("data.eval: must be set for tune (trials are ranked by its WER)")
     cluster.connect(cfg.ray.address)
-    _check_fits(cfg)
+    concurrency = _concurrency(cfg)
+    layout.resolve(cfg, reserved=_reserved(cfg, concurrency))  # a trial that cannot fit stops the search here
     Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-    grid = _tuner(cfg).fit()
+    started = time.perf_counter()
+    grid = _tuner(cfg, concurrency, base_row(cfg)).fit()
+    wall = time.perf_counter() - started
     rows = write_outputs(cfg, grid)
+    trials = sum(r["seconds"] for r in rows if r["seconds"] == r["seconds"])
     print(f"\n{table(rows)}\n\ntrials: {Path(cfg.output_dir) / 'trials.csv'}")
+    print(f"search: {wall / 60:.1f} min wall, the trials' own time summed {trials / 60:.1f} min "
+          f"({wall / max(trials, 1e-9):.2f}x at {concurrency} at a time)")
     return rows

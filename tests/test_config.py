@@ -75,10 +75,12 @@ def test_load_reports_missing_and_invalid_files(tmp_path):
 def test_placement_resources_reach_the_trainer_and_the_data_stages():
     from ray_asr import finetune
 
-    cfg = config.from_dict({}, ["scaling.resources_per_worker={trainer: 1}", "data.augment_resources={augment_cpu: 1}"])
+    cfg = config.from_dict({}, ["scaling.resources_per_worker={trainer: 1}", "data.augment_resources={augment_cpu: 1}",
+                                "scaling.cpus_per_worker=1"])
     assert finetune.worker_resources(cfg) == {"CPU": 1.0, "trainer": 1}
     assert config.from_dict({}, ["scaling.use_gpu=true"]).scaling.resources_per_worker == {}
-    assert finetune.worker_resources(config.from_dict({}, ["scaling.use_gpu=true"])) == {"CPU": 1.0, "GPU": 1}
+    gpu = config.from_dict({}, ["scaling.use_gpu=true", "scaling.cpus_per_worker=1"])
+    assert finetune.worker_resources(gpu) == {"CPU": 1.0, "GPU": 1}
 
 
 def test_round_trip_through_dict():

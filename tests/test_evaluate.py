@@ -49,16 +49,16 @@ def test_generate_flags_outputs_that_never_stop(tiny_model, tokenizer):
     model = load(str(tiny_model)).eval()
     torch.manual_seed(0)
     features = torch.randn(2, 80, 3000)
-    ids, runaway = evaluate.generate(model, features, [6, 3], tokenizer.eos_token_id)
+    ids, runaway = evaluate.generate(model, [6, 3], tokenizer.eos_token_id, input_features=features)
     assert runaway == [True, True] and [len(row) for row in ids] == [6, 3]  # a random model never says end-of-text
-    alone, _ = evaluate.generate(model, features[1:], [3], tokenizer.eos_token_id)
+    alone, _ = evaluate.generate(model, [3], tokenizer.eos_token_id, input_features=features[1:])
     assert alone == ids[1:]  # a clip's result does not depend on its batch
     rows = evaluate.rows(tokenizer, ids, runaway, ["a", "b"], ["x:1", "x:2"])
     assert [r["id"] for r in rows] == ["x:1", "x:2"] and all(isinstance(r["hypothesis"], str) for r in rows)
     # With every token but end-of-text suppressed nothing runs away, and the text is empty.
     model.generation_config.begin_suppress_tokens = []
     model.generation_config.suppress_tokens = [i for i in range(model.config.vocab_size) if i != tokenizer.eos_token_id]
-    ids, runaway = evaluate.generate(model, features, [6, 6], tokenizer.eos_token_id)
+    ids, runaway = evaluate.generate(model, [6, 6], tokenizer.eos_token_id, input_features=features)
     assert runaway == [False, False] and ids == [[], []]
 
 

@@ -44,12 +44,14 @@ def test_unknown_transform_and_bad_spaces_name_the_key():
         _cfg("tune.search=grid")
 
 
-def test_a_trial_counts_its_workers_data_tier_and_trial_function():
-    # configs/demo.yaml's trainers (2 x 0.75) plus decode and read fill 2 cores exactly: the trial
-    # function's sliver would leave the data tier waiting forever, so the search config trains on 2 x 0.7.
-    assert tune.trial_cpus(config.load("configs/demo.yaml")) == pytest.approx(2.01)
-    assert tune.trial_cpus(config.load("configs/tune-demo.yaml")) <= 2
-    assert tune.trial_cpus(config.load("configs/tune-smoke.yaml")) <= 2
+@pytest.mark.parametrize("name", ["demo.yaml", "smoke.yaml", "tune-demo.yaml", "tune-smoke.yaml"])
+def test_shipped_configs_fit_a_two_core_machine_beside_a_trial_function(name):
+    from ray_asr import layout
+
+    two_cores = layout.Cluster(cpus=2.0, gpus=0.0, cpu_nodes=[2.0])
+    cfg = layout.resolve(config.load(f"configs/{name}"), two_cores, reserved=tune.TRIAL_FUNCTION_CPUS)
+    s = cfg.scaling
+    assert s.num_workers * s.cpus_per_worker + layout.data_cpus(cfg) + tune.TRIAL_FUNCTION_CPUS <= 2 + 1e-9
 
 
 def test_trials_read_absolute_local_paths(tmp_path, monkeypatch):

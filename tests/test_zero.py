@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ray_asr import config
-from ray_asr.zero import deepspeed_config
+from ray_asr.zero import deepspeed_config, optimizer
 
 
 def _ds(overrides, steps=100):
@@ -28,11 +28,22 @@ def test_offload_and_precision():
     assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
     assert cfg["fp16"]["enabled"] and not cfg["bf16"]["enabled"]
     assert _ds(["train.precision=fp32"])["bf16"]["enabled"] is False
+    auto = config.from_dict({}).train
+    assert deepspeed_config(auto, 10, precision="bf16")["bf16"]["enabled"]  # `auto` as resolved on the device
 
 
 def test_optimizer_schedule_and_clipping():
+    import torch
+
     cfg = _ds(["train.learning_rate=4e-5", "train.warmup_steps=500", "train.deepspeed.gradient_clipping=0"], steps=40)
-    assert cfg["optimizer"]["params"]["lr"] == 4e-5
+    # torch's fused AdamW is handed to DeepSpeed (no extension to compile); under offload DeepSpeed's CPU Adam.
+    assert "optimizer" not in cfg and cfg["zero_allow_untested_optimizer"]
+    train = config.from_dict({}, ["train.learning_rate=4e-5", "train.weight_decay=0.01"]).train
+    adamw = optimizer(train, [torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["fused"]
+    assert (adamw.defaults["lr"], adamw.defaults["weight_decay"]) == (4e-5, 0.01)
+    offload = config.from_dict({}, ["train.deepspeed.offload_optimizer=true", "train.learning_rate=4e-5"]).train
+    assert optimizer(offload, []) is None and deepspeed_config(offload, 40)["optimizer"]["params"]["lr"] == 4e-5
     assert cfg["scheduler"]["params"]["warmup_num_steps"] == 39  # warm-up never outlasts the run
     assert cfg["scheduler"]["params"]["total_num_steps"] == 40
     assert "gradient_clipping" not in cfg
@@ -44,18 +55,20 @@ DEEPSPEED_SCRIPT = """
 import os, sys, json, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed
-from ray_asr import config, model
-from ray_asr.zero import deepspeed_config
+from ray_asr import config, hardware, model
+from ray_asr.zero import deepspeed_config, optimizer
 deepspeed.init_distributed(dist_backend="gloo")
+precision = hardware.resolve_precision("auto", torch.device("cpu"))
 result = {}
 for stage in (0, 2, 3):
     train = config.from_dict({}, [f"train.deepspeed.stage={stage}", "train.batch_size_per_worker=2",
                                   "train.learning_rate=1e-3", "train.warmup_steps=0"]).train
     m = model.apply_strategy(model.load(sys.argv[1]), train)
-    engine, *_ = deepspeed.initialize(model=m, model_parameters=[p for p in m.parameters() if p.requires_grad],
-                                      config=deepspeed_config(train, 20))
+    params = [p for p in m.parameters() if p.requires_grad]
+    engine, *_ = deepspeed.initialize(model=m, model_parameters=params, optimizer=optimizer(train, params),
+                                      config=deepspeed_config(train, 20, precision))
     torch.manual_seed(0)
-    x = torch.randn(2, 80, 3000, dtype=torch.bfloat16)
+    x = torch.randn(2, 80, 3000, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     y = torch.tensor([[258, 300, 301, 256], [258, 302, 256, -100]])
     losses = []
     for _ in range(5):
@@ -69,7 +82,7 @@ print(json.dumps(result))
 
 
 def test_generated_config_trains_under_deepspeed_on_cpu(tiny_model):
-    """Single process, gloo, DeepSpeed's CPU accelerator, bf16: each ZeRO stage lowers the loss."""
+    """Single process, gloo, DeepSpeed's CPU accelerator, this CPU's `auto` precision: each ZeRO stage lowers the loss."""
     import json
     import subprocess
     import sys

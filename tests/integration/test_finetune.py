@@ -84,6 +84,20 @@ def _cli(out: Path, *overrides: str, log: Path) -> subprocess.Popen:
                                 stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
 
 
+def test_two_workers_of_one_cpu_each_on_two_cpus_stop_within_a_minute_with_one_line(tmp_path):
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    started = time.time()
+    run = subprocess.run([sys.executable, "-m", "ray_asr", "finetune", str(SMOKE), f"output_dir={tmp_path / 'run'}",
+                          "scaling.num_workers=2", "scaling.cpus_per_worker=1"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=120, check=False)
+    assert run.returncode == 2 and time.time() - started < 60, run.stderr[-2000:]
+    errors = [line for line in run.stderr.splitlines() if line.startswith("ray-asr finetune:")]
+    assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert "need 2.9 CPUs, this machine has 2" in errors[0] and "would fit: scaling.num_workers=1" in errors[0]
+
+
 def test_zero2_resumes_after_driver_death_and_replaces_a_dead_worker(tmp_path):
     out, log = tmp_path / "run", tmp_path / "run.log"
     first = _cli(out, log=log)
