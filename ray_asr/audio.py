@@ -1,4 +1,4 @@
-"""Audio constants and decoding to 16 kHz mono (numpy only: the data tier never imports torch).
+"""Decoding to 16 kHz mono (numpy only: the data tier never imports torch).
 
 Decoding classifies failures into the reasons of the bad-input catalogue (`Rejected`), so the data
 tier can quarantine a row instead of crashing a run.
@@ -14,13 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-SAMPLE_RATE = 16_000
-N_FFT = 400  # 25 ms window at 16 kHz
-HOP_LENGTH = 160  # 10 ms hop at 16 kHz
-CHUNK_LENGTH_S = 30  # Whisper's fixed input window
-N_SAMPLES = CHUNK_LENGTH_S * SAMPLE_RATE  # 480_000 samples per window
-N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 log-mel frames per window
-INT16_SCALE = 32_768.0  # full scale of int16 PCM
+from ray_asr.constants import INT16_SCALE, N_SAMPLES, SAMPLE_RATE  # noqa: F401 (callers read them here too)
 
 # Containers soundfile cannot open, recognised by their first bytes: these are "unsupported
 # codec"; unrecognisable bytes are "corrupt".

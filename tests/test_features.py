@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import WhisperFeatureExtractor
 
-from ray_asr.audio import N_FRAMES, N_SAMPLES
+from ray_asr.constants import N_FRAMES, N_SAMPLES
 from ray_asr.features import log_mel
 
 
