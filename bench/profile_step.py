@@ -5,7 +5,8 @@ whisper-base, encoder frozen, one batch of 8 demo-corpus clips, this process, to
   step, before   the model's own forward from log-mel (frozen encoder included) + backward + foreach AdamW
                  (what every step ran before the activation cache)
   step, after    frozen encoder output from the activation cache (`ray_asr.encoder.FrozenBoundary`)
-                 + decoder forward/backward + torch's fused AdamW
+                 + decoder forward/backward with reassociated cross-attention (`ray_asr.cross_attention`)
+                 + torch's fused AdamW
   eval, before   a loss forward from log-mel, then `generate` from log-mel: the encoder twice
   eval, after    the encoder output once (from the cache), for the loss and for `generate`
 
@@ -17,6 +18,7 @@ Run `ray-asr demo` once first (it imports whisper-base and builds the corpus).
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from transformers.modeling_outputs import BaseModelOutput
 
-from ray_asr import evaluate, labels, sources
+from ray_asr import cross_attention, evaluate, labels, sources
 from ray_asr.activation_cache import ActivationCache
 from ray_asr.collate import pad_labels, stack_waves
 from ray_asr.config import TrainConfig
@@ -65,13 +67,14 @@ def main() -> None:
     model_dir, manifest = str(workdir / "models" / "whisper-base"), str(workdir / "data" / "demo" / "train.jsonl")
     features, targets, ids, tokenizer = batch(model_dir, manifest)
     model = apply_strategy(load(model_dir), TrainConfig(strategy="freeze"))
+    faster = copy.deepcopy(model)
+    cross_attention.install(faster)
     depth = model.config.encoder_layers
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    foreach = torch.optim.AdamW(trainable, lr=1e-5, foreach=True)
-    fused = torch.optim.AdamW(trainable, lr=1e-5, fused=True)
+    foreach = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, foreach=True)
+    fused = torch.optim.AdamW([p for p in faster.parameters() if p.requires_grad], lr=1e-5, fused=True)
     limits = evaluate.token_limits(targets)
     with tempfile.TemporaryDirectory() as tmp:
-        boundary = FrozenBoundary(model, depth, ActivationCache(1024, tmp, fingerprint(model, depth, torch.float32)))
+        boundary = FrozenBoundary(faster, depth, ActivationCache(1024, tmp, fingerprint(faster, depth, torch.float32)))
         with torch.no_grad():
             boundary(features, ids)  # the first epoch's pass fills the cache
 
@@ -85,8 +88,8 @@ def main() -> None:
             foreach.zero_grad(set_to_none=True)
 
         def step_after():
-            model.train()
-            model(encoder_outputs=encoded(), labels=targets).loss.backward()
+            faster.train()
+            faster(encoder_outputs=encoded(), labels=targets, use_cache=False).loss.backward()
             fused.step()
             fused.zero_grad(set_to_none=True)
 
@@ -98,10 +101,10 @@ def main() -> None:
 
         @torch.no_grad()
         def eval_after():
-            model.eval()
+            faster.eval()
             outputs = encoded()
-            model(encoder_outputs=outputs, labels=targets)
-            evaluate.generate(model, limits, tokenizer.eos_token_id, language="en", encoder_outputs=outputs)
+            faster(encoder_outputs=outputs, labels=targets, use_cache=False)
+            evaluate.generate(faster, limits, tokenizer.eos_token_id, language="en", encoder_outputs=outputs)
 
         times = {name: profiled(name, fn, args.rows) for name, fn in (
             ("step, before", step_before), ("step, after", step_after),

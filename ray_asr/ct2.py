@@ -53,11 +53,15 @@ def read_model_bin(data: bytes) -> dict[str, np.ndarray]:
         raise CT2FormatError(f"model.bin holds a {spec}, not a WhisperSpec")
     take("<I")  # spec revision: layout is the same for the revisions we read
     variables: dict[str, np.ndarray] = {}
-    for _ in range(take("<I")):
+    count = take("<I")
+    for index in range(count):
         name = take_string()
         dims = [take("<I") for _ in range(take("<B"))]
         dtype_code = take("<B")
         nbytes = take("<I")
+        if offset + nbytes > len(data):
+            raise CT2FormatError(f"model.bin is truncated: it ends ({len(data):,} bytes) inside variable {index + 1} "
+                                 f"of {count} ({name}); the model files are incomplete")
         array = np.frombuffer(data, dtype=_DTYPES[dtype_code], count=nbytes // np.dtype(_DTYPES[dtype_code]).itemsize, offset=offset)
         offset += nbytes
         if dtype_code == _BF16:

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from transformers.modeling_outputs import BaseModelOutput
 
-from ray_asr import checkpoint, config, evaluate, export, hardware, labels, layout, metrics
+from ray_asr import checkpoint, config, cross_attention, evaluate, export, hardware, labels, layout, metrics
 from ray_asr import model as model_lib
 from ray_asr.activation_cache import ActivationCache, default_folder
 from ray_asr.collate import WhisperCollator
@@ -117,11 +117,13 @@ class Worker:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         depth = model_lib.frozen_depth(self.cfg.train, net.config.encoder_layers)
         cache = self._activation_cache(net, depth)  # reads the frozen weights: before ZeRO-3 partitions them
+        if self.cfg.train.deepspeed.stage < 3:  # it reads the projections' weights directly, outside ZeRO-3's hooks
+            cross_attention.install(whisper_of(net))
         total = self.plan["steps_per_epoch"] * self.cfg.train.epochs
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins Ray's process group
         trainable = [p for p in net.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(model=net, model_parameters=trainable, optimizer=optimizer(self.cfg.train, trainable),
-                                          config=deepspeed_config(self.cfg.train, total, self.precision))
+                                          config=deepspeed_config(self.cfg.train, total, self.precision, net.config.d_model))
         checkpoint.use_safe_loading(engine)
         if cache is not None:
             synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1
@@ -235,7 +237,7 @@ class Worker:
         started = time.perf_counter()
         self.engine.train()
         before = self.engine.global_steps
-        out = self.engine(**self._encoder_inputs(batch, "train", real), labels=batch["labels"])
+        out = self.engine(**self._encoder_inputs(batch, "train", real), labels=batch["labels"], use_cache=False)
         self.engine.backward(out.loss if real else out.loss * 0.0)
         self.engine.step()
         if real:
@@ -278,7 +280,7 @@ class Worker:
                 if "input_features" in inputs:  # the encoder once, for the loss and the decoding alike
                     encoder = whisper_of(model).get_encoder()
                     inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder(**inputs).last_hidden_state)}
-                loss = model(**inputs, labels=batch["labels"]).loss
+                loss = model(**inputs, labels=batch["labels"], use_cache=False).loss
                 limits = evaluate.token_limits(batch["labels"])
                 longest = torch.tensor([max(limits)])
                 dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.control)  # synced ranks decode as long

@@ -111,6 +111,13 @@ def test_read_model_bin_parses_dtypes_and_aliases(ct2_folder):
     assert variables["encoder/layer_norm/gamma"].dtype == np.float32  # bf16 widened
 
 
+def test_a_truncated_model_bin_is_one_line_naming_where_it_ends(ct2_folder):
+    _, folder = ct2_folder
+    data = (folder / "model.bin.part1").read_bytes() + (folder / "model.bin.part2").read_bytes()
+    with pytest.raises(ct2.CT2FormatError, match=r"model.bin is truncated: it ends \(.* bytes\) inside variable \d+ of"):
+        ct2.read_model_bin(data[: len(data) // 2])
+
+
 def test_import_round_trips_weights_and_outputs(ct2_folder, tmp_path):
     original, folder = ct2_folder
     out = ct2.import_ct2(str(folder), tmp_path / "hf")
