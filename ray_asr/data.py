@@ -5,8 +5,9 @@
                                                  └── rejected rows ──► QuarantineSink actor ──► quarantine.jsonl
 
 Nothing is materialised: the dataset streams block by block into `TorchTrainer(datasets=...)`
-workers, who read their share with `ray.train.get_dataset_shard` and turn waveforms into log-mel
-themselves (`ray_asr.collate`). Per-row failures are caught inside the stage and routed to the
+workers (split by `ray_asr.ingest`), who read their share with `ray.train.get_dataset_shard` and turn
+waveforms into log-mel themselves (`ray_asr.collate`). This module is what every read task and decode
+actor imports, so it stays clear of Ray Train and torch (~1 s of start-up each). Per-row failures are caught inside the stage and routed to the
 sink, which fails the run once a split's rejected share passes `data.max_rejected_fraction`.
 """
 
@@ -23,7 +24,6 @@ import ray
 from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
-from ray.train import DataConfig
 
 from ray_asr import audio, labels, sources
 from ray_asr.audio import Rejected
@@ -185,27 +185,6 @@ class Preparer:
         if problem:
             raise TooManyRejected(problem)
         return pa.Table.from_pydict(out, schema=PREPARED_SCHEMA)
-
-
-class ExactSplitDataConfig(DataConfig):
-    """Ray Train ingest that splits each dataset across workers without dropping rows.
-
-    Ray's default (`streaming_split(equal=True)`) drops up to `world_size - 1` rows per epoch to
-    give every worker the same count; here every accepted row reaches exactly one worker, and the
-    train loop keeps ranks in lock-step when their shares differ by a batch.
-    """
-
-    def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-        output = [{} for _ in range(world_size)]
-        hints = worker_node_ids if self._enable_shard_locality else None
-        for name, ds in datasets.items():
-            ds = ds.copy(ds)
-            if ds.name is None:
-                ds.set_name(name)
-            ds.context.execution_options = self._resolve_execution_options(name)
-            for rank, split in enumerate(ds.streaming_split(world_size, equal=False, locality_hints=hints)):
-                output[rank][name] = split
-        return output
 
 
 def open_sink(path: str | Path | None):

@@ -23,7 +23,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from ray_asr import checkpoint, cluster, data, layout, plots
+from ray_asr import checkpoint, cluster, data, ingest, layout, plots
 from ray_asr.config import Config
 from ray_asr.train import EVAL_SPLITS, train_loop_per_worker
 
@@ -75,7 +75,7 @@ def trainer(cfg: Config, sink, callbacks: list | None = None, base_row: dict | N
                                                          checkpoint_score_order="min"),
         ),
         datasets=datasets,
-        dataset_config=data.ExactSplitDataConfig(),
+        dataset_config=ingest.ExactSplitDataConfig(),
     )
 
 

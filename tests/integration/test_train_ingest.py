@@ -9,7 +9,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from ray_asr import config, data
+from ray_asr import config, data, ingest
 from ray_asr.collate import WhisperCollator
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -50,7 +50,7 @@ def test_two_workers_receive_disjoint_shares_covering_every_accepted_row(catalog
         scaling_config=ray.train.ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
         run_config=ray.train.RunConfig(storage_path=str(tmp_path / "storage"), name="ingest"),
         datasets={"train": ds},
-        dataset_config=data.ExactSplitDataConfig(),
+        dataset_config=ingest.ExactSplitDataConfig(),
     )
     trainer.fit()
     shares = [set(json.loads((tmp_path / f"rank{r}.json").read_text())) for r in (0, 1)]
