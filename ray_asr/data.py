@@ -217,7 +217,10 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     limit = cfg.data.max_rejected_fraction if enforce_limit else None
     ray.get(sink.register.remote(split, datasource.num_rows, limit))
     tier = {"resources": cfg.data.augment_resources} if cfg.data.augment_resources else {}
-    ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier)
+    # One block per shard: Ray Data would otherwise split each read into ~13 blocks of a few rows (to reach
+    # its 200-block default), and every block is an object to store, schedule and batch on its own.
+    ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier,
+                                  override_num_blocks=max(1, len(datasource.shards)))
     ds = ds.map_batches(
         Preparer,
         fn_constructor_kwargs={
