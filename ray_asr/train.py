@@ -15,6 +15,7 @@ gradient all-reduce, and ZeRO-3's parameter gathers, need every rank in every st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from ray_asr.data import READ_TASK_CPUS
 from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
 from ray_asr.eval_cache import EvalCache
 from ray_asr.watchdog import Watchdog
-from ray_asr.zero import deepspeed_config, optimizer
+from ray_asr.zero import deepspeed_config, effective, optimizer
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
 log = logging.getLogger(__name__)
@@ -74,6 +75,8 @@ class Worker:
         self.plan = loop_config["plan"]
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.stage_asked = self.cfg.train.deepspeed.stage
+        self.cfg = dataclasses.replace(self.cfg, train=effective(self.cfg.train, self.world))
         # Ray pins OMP_NUM_THREADS to the worker's whole CPUs; torch's intra-op pool takes the CPUs it holds.
         torch.set_num_threads(layout.threads(self.cfg.scaling.cpus_per_worker))
         self.device = ray.train.torch.get_device()
@@ -132,8 +135,11 @@ class Worker:
         if self.rank == 0:
             share = model_lib.trainable_summary(engine.module)
             threads = "GPU" if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
+            stage = self.cfg.train.deepspeed.stage
+            zero = f"ZeRO-{stage}" + (f" (stage {self.stage_asked} partitions nothing on one worker)"
+                                      if stage != self.stage_asked else "")
             log.info(f"[train] {self.cfg.train.strategy}: {share['trainable']:,} of {share['total']:,} parameters "
-                     f"train ({share['share']:.1%}); ZeRO-{self.cfg.train.deepspeed.stage}, {self.precision_note}, "
+                     f"train ({share['share']:.1%}); {zero}, {self.precision_note}, "
                      f"{self.world} worker{'s' if self.world > 1 else ''} ({threads}), ~{total} steps")
             log.info(f"[train] activation cache: {self._cache_note(depth, cache)}")
         return engine

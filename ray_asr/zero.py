@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from ray_asr.config import TrainConfig
 
 
@@ -17,6 +19,16 @@ def optimizer(train: TrainConfig, params: list):
 
 
 ADAMW = {"betas": (0.9, 0.98), "eps": 1e-6}  # Whisper's own fine-tuning betas; eps for bf16-safe updates
+
+
+def effective(train: TrainConfig, world_size: int) -> TrainConfig:
+    """`train` with the ZeRO stage one rank can use: with a single worker and nothing offloaded there is nothing
+    to partition, and stages 1-3 only add copies (measured: a whisper-base decoder step 1.2 s at stage 0, 1.4-1.6 s
+    at stage 2, one process)."""
+    ds = train.deepspeed
+    if world_size > 1 or ds.stage == 0 or ds.offload_optimizer or ds.offload_param:
+        return train
+    return dataclasses.replace(train, deepspeed=dataclasses.replace(ds, stage=0))
 
 
 def deepspeed_config(train: TrainConfig, total_steps: int, precision: str | None = None,

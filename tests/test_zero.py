@@ -96,3 +96,13 @@ def test_generated_config_trains_under_deepspeed_on_cpu(tiny_model):
     losses = json.loads(run.stdout.strip().splitlines()[-1])
     for stage, values in losses.items():
         assert values[-1] < values[0] - 0.1, (stage, values)
+
+
+def test_one_worker_without_offload_runs_stage_0_and_anything_else_keeps_its_stage():
+    from ray_asr.zero import effective
+
+    two = config.from_dict({}, ["train.deepspeed.stage=2"]).train
+    assert effective(two, world_size=1).deepspeed.stage == 0 and two.deepspeed.stage == 2  # a copy, not a change
+    assert effective(two, world_size=2).deepspeed.stage == 2
+    offload = config.from_dict({}, ["train.deepspeed.stage=3", "train.deepspeed.offload_param=true"]).train
+    assert effective(offload, world_size=1).deepspeed.stage == 3  # offload is what one GPU wants ZeRO-3 for
