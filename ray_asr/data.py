@@ -14,6 +14,7 @@ sink, which fails the run once a split's rejected share passes `data.max_rejecte
 from __future__ import annotations
 
 import json
+import math
 import time
 import zlib
 from pathlib import Path
@@ -205,6 +206,16 @@ def _actor_pool(max_actors: int, num_cpus: float):
     return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
 
 
+def num_blocks(rows: int | None, shards: int, rows_per_block: int) -> int:
+    """Blocks to cut a source into: one preparation batch each.
+
+    Blocks are what Ray Train's split hands out, so a shard left whole would go to one worker; and each
+    block is an object to store, schedule and batch on its own, so Ray Data's default (enough blocks
+    to reach 200, a few rows each on a small manifest) costs more than it spreads.
+    """
+    return max(1, shards, math.ceil((rows or 0) / rows_per_block))
+
+
 def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, model_dir: str | None = None):
     """The streaming dataset of one split (`train`, `eval`, `general_eval`), registered with `sink`.
 
@@ -218,10 +229,9 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     limit = cfg.data.max_rejected_fraction if enforce_limit else None
     ray.get(sink.register.remote(split, datasource.num_rows, limit))
     tier = {"resources": cfg.data.augment_resources} if cfg.data.augment_resources else {}
-    # One block per shard: Ray Data would otherwise split each read into ~13 blocks of a few rows (to reach
-    # its 200-block default), and every block is an object to store, schedule and batch on its own.
     ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier,
-                                  override_num_blocks=max(1, len(datasource.shards)))
+                                  override_num_blocks=num_blocks(datasource.num_rows, len(datasource.shards),
+                                                                 cfg.data.prepare_batch_size))
     ds = ds.map_batches(
         Preparer,
         fn_constructor_kwargs={

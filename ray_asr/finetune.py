@@ -34,12 +34,12 @@ def storage_path(cfg: Config) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _plan(cfg: Config, datasets: dict, rows: int, base_row: dict | None = None, evaluate_only: bool = False) -> dict:
+def _plan(cfg: Config, datasets: dict, rows: int, base_row: dict | None = None, score_to=None) -> dict:
     per_step = cfg.train.batch_size_per_worker * cfg.scaling.num_workers * cfg.train.deepspeed.gradient_accumulation_steps
     return {"steps_per_epoch": max(1, math.ceil(rows / per_step)),
             "eval_splits": [s for s in EVAL_SPLITS if s in datasets],
             "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None,
-            "base_row": base_row, "evaluate_only": evaluate_only}
+            "base_row": base_row, "score_to": score_to}
 
 
 def worker_resources(cfg: Config) -> dict:
@@ -51,20 +51,21 @@ def worker_resources(cfg: Config) -> dict:
 
 
 def trainer(cfg: Config, sink, callbacks: list | None = None, base_row: dict | None = None,
-            evaluate_only: bool = False) -> TorchTrainer:
+            score_to=None) -> TorchTrainer:
     """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy.
 
     `base_row`: the starting model's evaluation, measured once elsewhere (a search), heads the history
-    instead of being measured again; `evaluate_only`: the workers evaluate the starting model and stop."""
-    datasets = {} if evaluate_only else {"train": data.build_dataset(cfg, "train", sink)}
+    instead of being measured again; `score_to`: a `Mailbox` actor: the workers evaluate the starting model,
+    rank 0 puts the evaluation row there, and they stop."""
+    datasets = {} if score_to else {"train": data.build_dataset(cfg, "train", sink)}
     for split in EVAL_SPLITS:
         if getattr(cfg.data, split):
             datasets[split] = data.build_dataset(cfg, split, sink)
-    planned = 0 if evaluate_only else ray.get(sink.planned_rows.remote("train"))
+    planned = 0 if score_to else ray.get(sink.planned_rows.remote("train"))
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": _config_dict(cfg),
-                           "plan": _plan(cfg, datasets, planned, base_row, evaluate_only)},
+                           "plan": _plan(cfg, datasets, planned, base_row, score_to)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
@@ -193,12 +194,27 @@ def score_base(cfg: Config) -> dict:
     sharded evaluation: a short Ray Train run that trains nothing."""
     cluster.connect(cfg.ray.address)
     cfg = layout.resolve(cfg)
-    sink = data.open_sink(None)
+    sink, mailbox = data.open_sink(None), Mailbox.remote()
     try:
-        result = trainer(cfg, sink, evaluate_only=True).fit()
+        trainer(cfg, sink, score_to=mailbox).fit()
+        return ray.get(mailbox.get.remote())
     finally:
         ray.get(sink.close.remote())
-    return {key: value for key, value in result.metrics.items() if key not in ("steps_run", "finished")}
+        ray.kill(mailbox)
+
+
+@ray.remote(num_cpus=0)
+class Mailbox:
+    """Holds one value a training worker sends back to the driver."""
+
+    def __init__(self):
+        self.value = None
+
+    def put(self, value) -> None:
+        self.value = value
+
+    def get(self):
+        return self.value
 
 
 def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_row: dict | None = None) -> dict:

@@ -32,6 +32,15 @@ class LabelTokenizer:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
+def language_code(language: str) -> str:
+    """Whisper's code for a language given as a code (`en`), a token (`<|en|>`) or a name (`english`, as
+    transformers writes it into a generation config)."""
+    from transformers.models.whisper.tokenization_whisper import TO_LANGUAGE_CODE
+
+    language = language.strip("<|>").lower()
+    return TO_LANGUAGE_CODE.get(language, language)
+
+
 @lru_cache(maxsize=4)
 def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
     """The label tokenizer of a Whisper folder (its tokenizer.json), cached per process."""
@@ -48,7 +57,7 @@ def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
             raise ValueError(f"{model_dir}: tokenizer has no {token} token (language or task not supported)")
         return found
 
-    prefix = (token_id(f"<|{language}|>"), token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
+    prefix = (token_id(f"<|{language_code(language)}|>"), token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
     return LabelTokenizer(backend, prefix, token_id("<|endoftext|>"))
 
 

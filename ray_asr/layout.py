@@ -7,9 +7,12 @@ here, from the cluster Ray reports:
 
     scaling.num_workers: auto      one per GPU with `use_gpu`; else one per CPU node (on one machine,
                                    one worker with all its threads beats two that all-reduce every step)
-    scaling.cpus_per_worker: auto  1 with GPUs; else the node's CPUs less the data tier's share
+    scaling.cpus_per_worker: auto  1 with GPUs; else the CPUs of the smallest node that can host workers
+                                   (one carrying `scaling.resources_per_worker`) shared by the workers it
+                                   hosts, less the data tier's share on one machine
     data.prepare_num_cpus: auto    0.2 where the data tier shares a CPU-only machine with the trainers
-    data.augment_num_cpus: auto    (decoding a clip costs ~1/50 of training on it), 1 elsewhere
+    data.augment_num_cpus: auto    (decoding a clip costs ~1/50 of training on it); elsewhere 1, or what
+                                   lets the data nodes hold every stage at once when they are smaller
 
 Elsewhere (GPUs, several nodes, an autoscaler, a separate audio tier) the cluster decides, and the
 train loop's stall watchdog says so when the data tier produces nothing for a while.
@@ -35,16 +38,34 @@ class Cluster:
     """CPUs of the whole cluster."""
     gpus: float
     """GPUs of the whole cluster."""
-    cpu_nodes: list[float]
-    """CPUs of each alive node that has any."""
+    nodes: list[dict[str, float]]
+    """The resources of each alive node (`{"CPU": 2.0, "trainer": 2.0, ...}`)."""
 
     @classmethod
     def current(cls) -> Cluster:
         import ray
 
         total = ray.cluster_resources()
-        nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")]
-        return cls(total.get("CPU", 0.0), total.get("GPU", 0.0), [c for c in nodes if c > 0])
+        nodes = [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+        return cls(total.get("CPU", 0.0), total.get("GPU", 0.0), nodes)
+
+    @classmethod
+    def of_cpus(cls, *cpus: float, gpus: float = 0.0) -> Cluster:
+        """Nodes with only CPUs (and `gpus` GPUs on the first)."""
+        nodes = [{"CPU": c} for c in cpus]
+        if gpus:
+            nodes[0]["GPU"] = gpus
+        return cls(sum(cpus), gpus, nodes)
+
+    @property
+    def cpu_nodes(self) -> list[float]:
+        """CPUs of each node that has any."""
+        return self.carrying({})
+
+    def carrying(self, resources: dict) -> list[float]:
+        """CPUs of each node with CPUs that carries every resource named in `resources`."""
+        return [n.get("CPU", 0.0) for n in self.nodes
+                if n.get("CPU", 0.0) > 0 and all(n.get(k, 0.0) > 0 for k in resources if k not in ("CPU", "GPU"))]
 
     @property
     def single_machine(self) -> bool:
@@ -77,7 +98,7 @@ def resolve(cfg: Config, cluster: Cluster | None = None, reserved: float = 0.0) 
     """
     cluster = cluster or Cluster.current()
     shared = shares_machine(cfg, cluster)
-    actor = SHARED_ACTOR_CPUS if shared else DEDICATED_ACTOR_CPUS
+    actor = SHARED_ACTOR_CPUS if shared else _dedicated_actor_cpus(cfg, cluster)
     d = cfg.data
     data = dataclasses.replace(d, prepare_num_cpus=actor if d.prepare_num_cpus == AUTO else d.prepare_num_cpus,
                                augment_num_cpus=actor if d.augment_num_cpus == AUTO else d.augment_num_cpus)
@@ -91,13 +112,15 @@ def resolve(cfg: Config, cluster: Cluster | None = None, reserved: float = 0.0) 
                                   "set the number of GPU workers (an autoscaler adds their nodes)")
             workers = int(cluster.gpus)
         else:
-            workers = max(1, len(cluster.cpu_nodes))
+            workers = max(1, len(cluster.carrying(s.resources_per_worker)))
     if cpus == AUTO:
         if s.use_gpu:
             cpus = 1.0
         else:
-            per_node = math.ceil(workers / max(1, len(cluster.cpu_nodes)))
-            smallest = min(cluster.cpu_nodes, default=0.0) - reserved
+            # Only nodes carrying `scaling.resources_per_worker` can host a worker.
+            hosts = cluster.carrying(s.resources_per_worker) or cluster.cpu_nodes
+            per_node = math.ceil(workers / max(1, len(hosts)))
+            smallest = min(hosts, default=0.0) - reserved
             cpus = math.floor((smallest - (data_cpus(cfg) if shared else 0.0)) / per_node * 100) / 100
             if cpus < MIN_TRAINER_CPUS:
                 raise ConfigError(f"scaling.cpus_per_worker: auto leaves {max(cpus, 0):g} CPUs per worker after the "
@@ -107,6 +130,17 @@ def resolve(cfg: Config, cluster: Cluster | None = None, reserved: float = 0.0) 
     if shared:
         check_fits(cfg, cluster.cpus - reserved)
     return cfg
+
+
+def _dedicated_actor_cpus(cfg: Config, cluster: Cluster) -> float:
+    """A data-tier actor's CPUs where no trainer shares its machine: a whole CPU, or less where the nodes that
+    may run the data tier (those carrying `data.augment_resources`) could not otherwise hold every execution's
+    read task and decode actor and the augmentation actor at once (an evaluation would wait for training's)."""
+    largest = max(cluster.carrying(cfg.data.augment_resources or {}), default=0.0)
+    executors = data_executors(cfg)
+    actors = executors + (1 if cfg.augment else 0)
+    fitted = math.floor((largest - executors * READ_TASK_CPUS) / actors * 20) / 20  # down to 0.05 CPU
+    return DEDICATED_ACTOR_CPUS if fitted >= DEDICATED_ACTOR_CPUS or fitted <= 0 else fitted
 
 
 def check_fits(cfg: Config, cpus: float) -> None:

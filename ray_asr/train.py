@@ -36,7 +36,7 @@ from ray_asr.data import READ_TASK_CPUS
 from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
 from ray_asr.eval_cache import EvalCache
 from ray_asr.watchdog import Watchdog
-from ray_asr.zero import deepspeed_config, effective, optimizer
+from ray_asr.zero import deepspeed_config, effective, optimizer, skip_shm_all_reduce_build
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class Worker:
         if self.cfg.train.deepspeed.stage < 3:  # it reads the projections' weights directly, outside ZeRO-3's hooks
             cross_attention.install(whisper_of(net))
         total = self.plan["steps_per_epoch"] * self.cfg.train.epochs
+        skip_shm_all_reduce_build()
         deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins Ray's process group
         trainable = [p for p in net.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(model=net, model_parameters=trainable, optimizer=optimizer(self.cfg.train, trainable),
@@ -195,8 +196,10 @@ class Worker:
             log.info(f"[train] resumed from checkpoint at step {self.state['step']} ({where})")
 
     def run(self) -> None:
-        if self.plan.get("evaluate_only"):  # a search's one scoring of the starting model
-            ray.train.report({**self._eval_row(epoch=0), "steps_run": 0, "finished": True})
+        if self.plan.get("score_to"):  # a search's one scoring of the starting model
+            row = self._eval_row(epoch=0)
+            if self.rank == 0:  # an actor, since Ray Train keeps only the metrics reported with a checkpoint
+                ray.get(self.plan["score_to"].put.remote(row))
             return
         self.resume()
         if self.state["done"]:  # a finished run: report its final metrics again, train nothing

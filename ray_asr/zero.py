@@ -77,3 +77,15 @@ def deepspeed_config(train: TrainConfig, total_steps: int, precision: str | None
     if ds.gradient_clipping > 0:
         config["gradient_clipping"] = ds.gradient_clipping
     return config
+
+
+def skip_shm_all_reduce_build() -> None:
+    """Keeps `deepspeed.init_distributed` from JIT-compiling its shared-memory all-reduce (this process only).
+
+    On the CPU accelerator DeepSpeed compiles it at every process-group start: tens of seconds on a fresh
+    machine, and a process killed mid-compile leaves a lock file that every later run waits on without a
+    word. Only DeepSpeed's inference all-reduce uses it; training reduces through torch.distributed.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

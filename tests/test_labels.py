@@ -28,6 +28,13 @@ def test_ids_equal_transformers_whisper_tokenizer(tiny_model):
         assert [hf.convert_tokens_to_ids("<|startoftranscript|>"), *labels.encode(ours, text)] == hf(text).input_ids
 
 
+def test_a_language_name_or_token_means_its_code(tiny_model):
+    # transformers writes `generation_config.language = "english"` when it saves a fine-tuned model
+    by_code = labels.load_tokenizer(str(tiny_model), "en", "transcribe")
+    for spelled in ("english", "English", "<|en|>"):
+        assert labels.load_tokenizer(str(tiny_model), spelled, "transcribe").prefix == by_code.prefix
+
+
 def test_unknown_language_names_the_token(tiny_model):
     import pytest
 

@@ -7,7 +7,7 @@ import pytest
 from ray_asr import config, layout
 from ray_asr.config import ConfigError
 
-ONE_MACHINE = layout.Cluster(cpus=2.0, gpus=0.0, cpu_nodes=[2.0])
+ONE_MACHINE = layout.Cluster.of_cpus(2.0)
 
 
 def _cfg(*overrides: str) -> config.Config:
@@ -43,18 +43,30 @@ def test_a_trials_share_of_the_machine_is_what_it_may_take():
 
 
 def test_gpus_one_worker_each_and_the_data_tier_keeps_whole_cpus():
-    cluster = layout.Cluster(cpus=16.0, gpus=4.0, cpu_nodes=[16.0])
+    cluster = layout.Cluster.of_cpus(16.0, gpus=4.0)
     cfg = layout.resolve(_cfg("scaling.use_gpu=true"), cluster)
     assert (cfg.scaling.num_workers, cfg.scaling.cpus_per_worker, cfg.data.prepare_num_cpus) == (4, 1.0, 1.0)
     with pytest.raises(ConfigError, match="scaling.num_workers: auto trains on the cluster's GPUs"):
-        layout.resolve(_cfg("scaling.use_gpu=true"), layout.Cluster(cpus=8.0, gpus=0.0, cpu_nodes=[8.0]))
+        layout.resolve(_cfg("scaling.use_gpu=true"), layout.Cluster.of_cpus(8.0))
 
 
 def test_several_nodes_are_not_checked_up_front_but_get_one_worker_each():
-    cluster = layout.Cluster(cpus=12.0, gpus=0.0, cpu_nodes=[4.0, 8.0])
+    cluster = layout.Cluster.of_cpus(4.0, 8.0)
     cfg = layout.resolve(_cfg("scaling.cpus_per_worker=7"), cluster)  # an autoscaler may still add nodes
     assert cfg.scaling.num_workers == 2 and cfg.data.prepare_num_cpus == 1.0
     assert layout.resolve(_cfg(), cluster).scaling.cpus_per_worker == 4.0
+
+
+def test_workers_fit_the_nodes_carrying_their_resources_and_the_data_tier_fits_its_nodes():
+    # A head without CPUs, a 2-CPU augmentation node, a 1-CPU training node (tests/integration/test_cluster.py).
+    cluster = layout.Cluster(3.0, 0.0, [{"memory": 1.0}, {"CPU": 2.0, "augment_cpu": 4.0},
+                                        {"CPU": 1.0, "trainer": 2.0}])
+    cfg = layout.resolve(_cfg("scaling.num_workers=2", "scaling.resources_per_worker={trainer: 1}",
+                              "data.augment_resources={augment_cpu: 1}", "augment=[{name: noise}]"), cluster)
+    assert cfg.scaling.cpus_per_worker == 0.5  # both workers on the one training node
+    # train and eval executions (read 0.25 + decode each) and one augmenter fit the augmentation node at once
+    assert cfg.data.prepare_num_cpus == cfg.data.augment_num_cpus == 0.5 and layout.data_cpus(cfg) <= 2.0
+    assert layout.resolve(_cfg("scaling.resources_per_worker={trainer: 1}"), cluster).scaling.num_workers == 1
 
 
 @pytest.mark.parametrize("cpus,threads", [(0.5, 1), (1.0, 1), (1.1, 2), (2.0, 2), (7.5, 8)])

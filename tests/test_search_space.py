@@ -48,7 +48,7 @@ def test_unknown_transform_and_bad_spaces_name_the_key():
 def test_shipped_configs_fit_a_two_core_machine_beside_a_trial_function(name):
     from ray_asr import layout
 
-    two_cores = layout.Cluster(cpus=2.0, gpus=0.0, cpu_nodes=[2.0])
+    two_cores = layout.Cluster.of_cpus(2.0)
     cfg = layout.resolve(config.load(f"configs/{name}"), two_cores, reserved=tune.TRIAL_FUNCTION_CPUS)
     s = cfg.scaling
     assert s.num_workers * s.cpus_per_worker + layout.data_cpus(cfg) + tune.TRIAL_FUNCTION_CPUS <= 2 + 1e-9
