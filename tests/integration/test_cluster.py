@@ -182,6 +182,9 @@ def test_finetune_job_trains_on_the_training_node_and_prepares_audio_on_the_augm
     assert set(placed["RayTrainWorker"]) == {cluster.trainer_node} and len(placed["RayTrainWorker"]) >= 2
 
 
+# Three minutes on 2 cores: trial workers are placed by the same code as finetune's (the test above), and
+# test_tune.py runs the search itself.
+@pytest.mark.extended
 def test_tune_job_runs_its_trials_on_the_training_node(cluster, tmp_path):
     out = tmp_path / "search"
     # One short trial is enough to see where a search places its work (test_tune covers the search itself).

@@ -1,6 +1,6 @@
 """`ray-asr finetune` on a real local Ray (2 CPU workers), real DeepSpeed (gloo, CPU), configs/smoke.yaml.
 
-Each test is one or two whole runs of the smoke config (about a minute each on 2 cores):
+Each test is one or two whole runs of the smoke config (one to two minutes each on 2 cores):
 ZeRO-0 with frozen depth, ZeRO-2 through a driver kill and a worker kill, ZeRO-3 with LoRA.
 """
 
@@ -66,11 +66,7 @@ def test_zero0_frozen_depth_trains_exports_and_a_rerun_trains_nothing(tmp_path):
     prompt = processor.tokenizer.convert_ids_to_tokens(tokens[:4].tolist())
     assert prompt == ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
     assert isinstance(processor.decode(tokens, skip_special_tokens=True), str)
-
-    # Running the same command again resumes the finished run: no training, same outputs.
-    (out / "metrics.json").unlink()
-    again = finetune.run(cfg)
-    assert again["steps_run"] == 0 and again["eval"] == summary["eval"]
+    # (A rerun of a finished run trains nothing: tests/integration/test_tune.py finetunes a finished trial.)
 
 
 def _cli(out: Path, *overrides: str, log: Path) -> subprocess.Popen:
@@ -80,7 +76,8 @@ def _cli(out: Path, *overrides: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     with open(log, "ab") as sink:
         return subprocess.Popen([sys.executable, "-m", "ray_asr", "finetune", str(SMOKE), f"output_dir={out}",
-                                 "train.deepspeed.stage=2", "train.eval_every_steps=4", *overrides],
+                                 "train.deepspeed.stage=2", "train.eval_every_steps=4", "data.general_eval=null",
+                                 *overrides],
                                 stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=env, start_new_session=True)
 
 
@@ -118,7 +115,7 @@ def test_zero2_resumes_after_driver_death_and_replaces_a_dead_worker(tmp_path):
     assert "fault injection: rank 1 exits at step 14" in text
     assert "resumed from checkpoint at step 12 " in text  # the replacement workers restart from step 12
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["step"] == 24 and 0 < summary["steps_run"] < 24
+    assert summary["step"] == 16 and 0 < summary["steps_run"] < 16
     losses = _losses(out)
     assert losses[-1] < losses[0] - 0.5, losses
 

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import pytest
+import ray
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
 
 def _validate(*args, cwd=None):
+    # On the test's Ray, as on a cluster the user's Ray is already up (a fresh one costs ~10 s a run here).
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     return subprocess.run([sys.executable, "-m", "ray_asr", "validate", *map(str, args)], capture_output=True,
-                          text=True, timeout=300, cwd=cwd, check=False)
+                          text=True, timeout=300, cwd=cwd, env=env, check=False)
 
 
 def test_mixed_manifest_accepts_exactly_the_good_rows(catalogue, tiny_model, tmp_path):
