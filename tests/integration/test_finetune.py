@@ -37,7 +37,7 @@ def _losses(out: Path) -> list[float]:
     return [row["train_loss"] for row in json.loads((out / "history.json").read_text())]
 
 
-def test_zero0_frozen_depth_trains_exports_and_a_rerun_trains_nothing(tmp_path):
+def test_zero0_frozen_depth_trains_and_exports_a_model_transformers_loads(tmp_path):
     cfg = _smoke(tmp_path, "train.deepspeed.stage=0", "train.frozen_encoder_layers=1")
     summary = finetune.run(cfg)
     out = Path(cfg.output_dir)
