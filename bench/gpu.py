@@ -181,14 +181,11 @@ def hf_recipe(folder: Path, args, device: torch.device, precision: str) -> tuple
 
 def join_process_group(device: torch.device) -> None:
     """A one-rank process group for DeepSpeed (NCCL on a GPU, gloo on a CPU), as Ray Train would make."""
-    import deepspeed
+    from ray_asr.zero import init_distributed
 
-    from ray_asr.zero import skip_shm_all_reduce_build
-
-    skip_shm_all_reduce_build()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29517"), RANK="0",
                       WORLD_SIZE="1", LOCAL_RANK="0")
-    deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo")
+    init_distributed("nccl" if device.type == "cuda" else "gloo")
 
 
 def main() -> None:

@@ -98,7 +98,7 @@ def train_loop(loop: dict) -> None:
 
     from ray_asr import model as model_lib
     from ray_asr.train import DTYPES
-    from ray_asr.zero import deepspeed_config, optimizer, skip_shm_all_reduce_build
+    from ray_asr.zero import deepspeed_config, init_distributed, optimizer
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -109,8 +109,7 @@ def train_loop(loop: dict) -> None:
     rss_before = psutil.Process().memory_info().rss
     torch.manual_seed(train.seed)
     net = model_lib.apply_strategy(model_lib.load(loop["model"]), train)
-    skip_shm_all_reduce_build()
-    deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins Ray's process group
+    init_distributed(dist.get_backend())  # joins Ray's process group
     trainable = [p for p in net.parameters() if p.requires_grad]
     engine, *_ = deepspeed.initialize(model=net, model_parameters=trainable, optimizer=optimizer(train, trainable),
                                       config=deepspeed_config(train, steps, train.precision, net.config.d_model))

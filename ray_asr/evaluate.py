@@ -71,8 +71,8 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
 
     hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
     model = load(model_dir).eval()
-    language = language or model.generation_config.language or "en"
-    language = language.strip("<|>")
+    # The code, not the name transformers saves ("english"): it picks the tokenizer's prompt and the normaliser.
+    language = labels.language_code(language or model.generation_config.language or "en")
     tokenizer = labels.load_tokenizer(model_dir, language, model.generation_config.task or "transcribe")
     accepted, rejected = [], {}
     for row in sources.read_all(source):

@@ -36,7 +36,7 @@ from ray_asr.data import READ_TASK_CPUS
 from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
 from ray_asr.eval_cache import EvalCache
 from ray_asr.watchdog import Watchdog
-from ray_asr.zero import deepspeed_config, effective, optimizer, skip_shm_all_reduce_build
+from ray_asr.zero import deepspeed_config, effective, init_distributed, optimizer
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
 log = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ class Worker:
         if self.cfg.train.deepspeed.stage < 3:  # it reads the projections' weights directly, outside ZeRO-3's hooks
             cross_attention.install(whisper_of(net))
         total = self.plan["steps_per_epoch"] * self.cfg.train.epochs
-        skip_shm_all_reduce_build()
-        deepspeed.init_distributed(dist_backend=dist.get_backend())  # joins Ray's process group
+        init_distributed(dist.get_backend())  # joins Ray's process group
         trainable = [p for p in net.parameters() if p.requires_grad]
         engine, *_ = deepspeed.initialize(model=net, model_parameters=trainable, optimizer=optimizer(self.cfg.train, trainable),
                                           config=deepspeed_config(self.cfg.train, total, self.precision, net.config.d_model))

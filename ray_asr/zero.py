@@ -79,13 +79,16 @@ def deepspeed_config(train: TrainConfig, total_steps: int, precision: str | None
     return config
 
 
-def skip_shm_all_reduce_build() -> None:
-    """Keeps `deepspeed.init_distributed` from JIT-compiling its shared-memory all-reduce (this process only).
+def init_distributed(backend: str) -> None:
+    """`deepspeed.init_distributed` (joining a process group already set up, as Ray Train's, or one from the
+    environment) without JIT-compiling DeepSpeed's shared-memory all-reduce, in this process.
 
     On the CPU accelerator DeepSpeed compiles it at every process-group start: tens of seconds on a fresh
     machine, and a process killed mid-compile leaves a lock file that every later run waits on without a
     word. Only DeepSpeed's inference all-reduce uses it; training reduces through torch.distributed.
     """
+    import deepspeed
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    deepspeed.init_distributed(dist_backend=backend)

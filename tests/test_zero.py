@@ -56,9 +56,8 @@ import os, sys, json, torch
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[2], RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 import deepspeed
 from ray_asr import config, hardware, model
-from ray_asr.zero import deepspeed_config, optimizer, skip_shm_all_reduce_build
-skip_shm_all_reduce_build()
-deepspeed.init_distributed(dist_backend="gloo")
+from ray_asr.zero import deepspeed_config, init_distributed, optimizer
+init_distributed("gloo")
 precision = hardware.resolve_precision("auto", torch.device("cpu"))
 result = {}
 for stage in (0, 2, 3):
