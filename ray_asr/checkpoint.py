@@ -12,7 +12,9 @@ calls `torch.load(weights_only=True)` with an allow-list of the few DeepSpeed ty
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,21 +53,47 @@ def use_safe_loading(engine) -> None:
     engine.checkpoint_engine = weights_only_engine(engine._config)
 
 
-def save(engine, folder: Path, state: dict | None) -> None:
+def save(engine, folder: Path, state: RunState | None) -> None:
     """Writes this rank's DeepSpeed shard into `folder` (collective: every rank calls it) and, on rank 0, state."""
     folder.mkdir(parents=True, exist_ok=True)
     engine.save_checkpoint(str(folder), tag=DS_TAG, exclude_frozen_parameters=True)
     if state is not None:
-        (folder / STATE_FILE).write_text(json.dumps(state))
+        (folder / STATE_FILE).write_text(state.to_json())
 
 
-def finished(state: dict, epochs: int) -> bool:
-    """Whether a checkpoint's state ends a run of `epochs` epochs (fewer done: training goes on)."""
-    return state["done"] and state["epoch"] >= epochs
+@dataclass
+class RunState:
+    """Where a run stands: what a checkpoint must carry for a restart to go on exactly where it stopped."""
+
+    epoch: int = 0
+    """Epochs completed."""
+    batches_done: int = 0
+    """Micro-batches trained in the epoch in progress (a restart skips them)."""
+    step: int = 0
+    """Optimizer steps taken."""
+    history: list[dict] = field(default_factory=list)
+    """One row per evaluation (`ray_asr.metrics` keys), the starting model's first when measured."""
+    done: bool = False
+    """The final checkpoint has been written (its export included)."""
+    evaluated_step: int | None = None
+    """The step last evaluated, so an epoch end on the evaluation cadence is not evaluated twice."""
+
+    def finished(self, epochs: int) -> bool:
+        """Whether this state ends a run of `epochs` epochs (a run given more epochs goes on)."""
+        return self.done and self.epoch >= epochs
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunState:
+        values = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def read_state(folder: Path) -> dict:
-    return json.loads((Path(folder) / STATE_FILE).read_text())
+def read_state(folder: Path) -> RunState:
+    return RunState.from_json((Path(folder) / STATE_FILE).read_text())
 
 
 def load(engine, folder: Path) -> None:

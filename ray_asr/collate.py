@@ -46,7 +46,8 @@ class WhisperCollator(NumpyBatchCollateFn):
     device: str | torch.device = "cpu"
     """Where log-mel is computed and tensors are returned."""
     spec_augment: dict | None = None
-    """SpecAugment settings (`time_masks`, `time_width`, `freq_masks`, `freq_width`); None = off."""
+    """SpecAugment settings (`time_masks`, `time_width`, `freq_masks`, `freq_width`, `p`); None = off. Give it to
+    the training split's collator only: evaluation scores the clips as they are."""
     seed: int = 0
     """Seed of the SpecAugment generator (give each worker its own, e.g. seed + rank)."""
     keep: tuple = ()
@@ -63,3 +64,13 @@ class WhisperCollator(NumpyBatchCollateFn):
         out = {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}
         out.update((name, batch[name].tolist()) for name in self.keep)
         return out
+
+
+def for_splits(n_mels: int, wire_dtype: str, device, spec_augment: dict | None, seed: int,
+               keep: tuple = ("id", "text")) -> tuple[WhisperCollator, WhisperCollator]:
+    """The training split's collator (SpecAugment when configured) and the evaluation splits' (never)."""
+    plain = WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep)
+    if spec_augment is None:
+        return plain, plain
+    return WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep, spec_augment=spec_augment,
+                           seed=seed), plain

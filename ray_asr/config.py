@@ -6,6 +6,7 @@ A config error is a `ConfigError` whose message is one line that names the field
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -29,6 +30,11 @@ class ModelConfig:
     task: str = "transcribe"
     """`transcribe` or `translate` (to English)."""
 
+    def check(self) -> None:
+        need(bool(self.name_or_path), "model.name_or_path", "must be set", self.name_or_path)
+        need(bool(self.language), "model.language", "must be set", self.language)
+        one_of(self.task, "model.task", ("transcribe", "translate"))
+
 
 @dataclass
 class DataConfig:
@@ -49,7 +55,7 @@ class DataConfig:
     prepare_concurrency: int = 0
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
     prepare_num_cpus: float | str = "auto"
-    """CPUs each decode/validate actor reserves; `auto`: 0.25 where the data tier shares a CPU-only machine with
+    """CPUs each decode/validate actor reserves; `auto`: 0.2 where the data tier shares a CPU-only machine with
     the trainers (decoding a clip costs ~1/50 of training on it), 1 elsewhere."""
     eval_cache_mb: float = 512.0
     """Memory (MiB) each training worker may keep its share of `eval` and `general_eval` in after their first
@@ -75,6 +81,22 @@ class DataConfig:
     """Local folder for activations past `activation_cache_mb` (and, with several workers on a node, for sharing
     them); default a folder in the system's temp dir, removed when the run ends."""
 
+    def check(self) -> None:
+        one_of(self.wire_dtype, "data.wire_dtype", ("int16", "float32"))
+        need(0 < self.max_duration_s <= 30.0, "data.max_duration_s", "must be in (0, 30]", self.max_duration_s)
+        need(0 <= self.max_rejected_fraction <= 1, "data.max_rejected_fraction", "must be in [0, 1]",
+             self.max_rejected_fraction)
+        need(self.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", self.prepare_batch_size)
+        need(self.eval_cache_mb >= 0, "data.eval_cache_mb", "must be >= 0", self.eval_cache_mb)
+        for key in ("prepare_num_cpus", "augment_num_cpus"):
+            value = getattr(self, key)
+            auto_or(f"data.{key}", value, not isinstance(value, str) and value > 0, "must be > 0")
+        need(self.activation_cache_mb >= 0, "data.activation_cache_mb", "must be >= 0", self.activation_cache_mb)
+        need(self.augment_concurrency >= 0, "data.augment_concurrency", "must be >= 0", self.augment_concurrency)
+        need(self.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", self.prepare_concurrency)
+        _check_transforms("data.preprocess", self.preprocess)
+        _check_resources("data.augment_resources", self.augment_resources)
+
 
 @dataclass
 class DeepSpeedConfig:
@@ -89,6 +111,15 @@ class DeepSpeedConfig:
     gradient_clipping: float = 1.0
     """Global gradient-norm clip; 0 disables it."""
 
+    def check(self) -> None:
+        need(self.stage in (0, 1, 2, 3), "train.deepspeed.stage", "must be 0, 1, 2 or 3", self.stage)
+        need(not self.offload_param or self.stage == 3, "train.deepspeed.offload_param", "needs stage 3", self.offload_param)
+        need(not self.offload_optimizer or self.stage >= 1, "train.deepspeed.offload_optimizer", "needs stage >= 1",
+             self.offload_optimizer)
+        need(self.gradient_accumulation_steps >= 1, "train.deepspeed.gradient_accumulation_steps", "must be >= 1",
+             self.gradient_accumulation_steps)
+        need(self.gradient_clipping >= 0, "train.deepspeed.gradient_clipping", "must be >= 0", self.gradient_clipping)
+
 
 @dataclass
 class LoraConfig:
@@ -100,6 +131,12 @@ class LoraConfig:
     """Dropout on the adapter input."""
     target_modules: list = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"])
     """Linear layers (by name) that get adapters; layers below the frozen depth never do."""
+
+    def check(self) -> None:
+        need(self.r >= 1, "train.lora.r", "must be >= 1", self.r)
+        need(self.alpha > 0, "train.lora.alpha", "must be > 0", self.alpha)
+        need(0 <= self.dropout < 1, "train.lora.dropout", "must be in [0, 1)", self.dropout)
+        need(bool(self.target_modules), "train.lora.target_modules", "must name at least one module", self.target_modules)
 
 
 @dataclass
@@ -147,7 +184,40 @@ class TrainConfig:
     run_name: str = "finetune"
     """Run name under `storage_path`: rerunning with the same name resumes from its last checkpoint."""
     fail_at_step: int = 0
-    """Fault injection for tests: rank 1 (rank 0 with one worker) dies once at this step; 0 = off."""
+    """Fault injection for tests: the last rank dies once at this step; 0 = off."""
+    spec_augment: dict | None = None
+    """SpecAugment on the training split's log-mel features, on the worker: `{time_masks: 2, time_width: 40,
+    freq_masks: 2, freq_width: 15, p: 1.0}` (any key may be left out; `p`: share of clips masked). Never applied
+    to evaluation splits; with it on, training clips bypass the activation cache. None = off."""
+    report_to: list = field(default_factory=list)
+    """Experiment trackers rank 0 writes scalars to: `tensorboard` (event files in `<output_dir>/tensorboard`)
+    and/or `mlflow` (`pip install mlflow`; `MLFLOW_TRACKING_URI` picks the server, default `<output_dir>/mlruns`)."""
+    log_every_steps: int = 10
+    """Trackers get the training loss, learning rate and samples/s every N optimizer steps (and everything at
+    each evaluation); 0 = at evaluations only."""
+
+    def check(self) -> None:
+        one_of(self.strategy, "train.strategy", ("full", "freeze", "lora"))
+        one_of(self.precision, "train.precision", ("auto", "bf16", "fp16", "fp32"))
+        need(self.frozen_encoder_layers is None or self.frozen_encoder_layers >= 0, "train.frozen_encoder_layers",
+             "must be >= 0", self.frozen_encoder_layers)
+        need(self.learning_rate > 0, "train.learning_rate", "must be > 0", self.learning_rate)
+        need(self.epochs >= 1, "train.epochs", "must be >= 1", self.epochs)
+        need(self.batch_size_per_worker >= 1, "train.batch_size_per_worker", "must be >= 1", self.batch_size_per_worker)
+        self.lora.check()
+        need(self.weight_decay >= 0, "train.weight_decay", "must be >= 0", self.weight_decay)
+        need(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", self.warmup_steps)
+        need(self.eval_every_steps >= 0, "train.eval_every_steps", "must be >= 0", self.eval_every_steps)
+        need(self.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0", self.shuffle_buffer)
+        need(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", self.keep_checkpoints)
+        need(self.max_failures >= 0, "train.max_failures", "must be >= 0", self.max_failures)
+        need(bool(self.run_name) and "/" not in self.run_name, "train.run_name", "must be a non-empty name without /",
+             self.run_name)
+        need(self.fail_at_step >= 0, "train.fail_at_step", "must be >= 0", self.fail_at_step)
+        _check_spec_augment(self.spec_augment)
+        need(self.log_every_steps >= 0, "train.log_every_steps", "must be >= 0", self.log_every_steps)
+        need(isinstance(self.report_to, list), "train.report_to", "must be a list such as [tensorboard]", self.report_to)
+        self.deepspeed.check()
 
 
 @dataclass
@@ -163,6 +233,12 @@ class ScalingConfig:
     resources_per_worker: dict = field(default_factory=dict)
     """Extra Ray resources each training worker requests, e.g. `{trainer: 1}` to pin training to a node type
     (GPUs come from `use_gpu`)."""
+
+    def check(self) -> None:
+        workers, cpus = self.num_workers, self.cpus_per_worker
+        auto_or("scaling.num_workers", workers, not isinstance(workers, str) and workers >= 1, "must be >= 1")
+        auto_or("scaling.cpus_per_worker", cpus, not isinstance(cpus, str) and cpus > 0, "must be > 0")
+        _check_resources("scaling.resources_per_worker", self.resources_per_worker)
 
 
 @dataclass
@@ -197,6 +273,30 @@ class TuneConfig:
     seed: int = 0
     """Seed of the search's sampler."""
 
+    def check(self) -> None:
+        """The search's settings and the form of each distribution; whether a searched key names a real config key
+        needs the whole config (`ray_asr.tune.check_space`, on the driver before any trial starts)."""
+        need(self.num_samples >= 1, "tune.num_samples", "must be >= 1", self.num_samples)
+        spaces = {f"tune.{key}": getattr(self, key) for key in ("learning_rate", "frozen_encoder_layers")}
+        need(isinstance(self.space, dict), "tune.space", "must be a mapping of dotted keys", self.space)
+        for key, space in self.space.items():
+            need(str(key).startswith(("train.", "augment.", "data.")), f"tune.space.{key}",
+                 "must name a train.*, augment.<name>.* or data.* key", key)
+            spaces[f"tune.space.{key}"] = space
+        for key, space in spaces.items():
+            kind, args = next(iter(space.items())) if isinstance(space, dict) and len(space) == 1 else (None, None)
+            ok = (kind == "choice" and isinstance(args, list) and args) or (
+                kind in DISTRIBUTIONS and isinstance(args, list) and len(args) == 2 and args[0] < args[1])
+            need(bool(ok), key, "must be one of {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]}, "
+                 "{choice: [...]}", space)
+        one_of(self.search, "tune.search", ("random", "tpe"))
+        one_of(self.metric, "tune.metric", ("wer", "cer", "eval_loss"))
+        need(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials", "must be >= 0", self.max_concurrent_trials)
+        need(self.grace_period >= 1, "tune.grace_period", "must be >= 1", self.grace_period)
+        need(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2", self.reduction_factor)
+        need(self.max_general_wer_increase is None or self.max_general_wer_increase >= 0,
+             "tune.max_general_wer_increase", "must be >= 0", self.max_general_wer_increase)
+
 
 @dataclass
 class Config:
@@ -222,105 +322,59 @@ class Config:
         return Path(self.data.quarantine or Path(self.output_dir) / "quarantine.jsonl")
 
 
-_CHOICES = {
-    "model.task": ("transcribe", "translate"),
-    "data.wire_dtype": ("int16", "float32"),
-    "train.strategy": ("full", "freeze", "lora"),
-    "train.precision": ("auto", "bf16", "fp16", "fp32"),
-}
+def need(ok: bool, key: str, rule: str, value: Any) -> None:
+    """Raises the one-line `ConfigError` for `key` unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}: {rule}, got {value!r}")
+
+
+def one_of(value: Any, key: str, allowed: tuple) -> None:
+    need(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
+
+
+def auto_or(key: str, value: Any, ok: bool, rule: str) -> None:
+    need(value == AUTO or (not isinstance(value, str) and ok), key, f"{rule} or auto", value)
+
+
+def _check_transforms(key: str, specs: list) -> None:
+    from augment import REGISTRY
+
+    for i, spec in enumerate(specs):
+        need(isinstance(spec, dict) and "name" in spec, f"{key}[{i}]", "must be a mapping with a name", spec)
+        need(spec["name"] in REGISTRY, f"{key}[{i}].name", f"must be one of {', '.join(sorted(REGISTRY))}", spec["name"])
+        p = spec.get("p", 1.0)
+        need(isinstance(p, (int, float)) and 0 <= p <= 1, f"{key}[{i}].p", "must be in [0, 1]", p)
+
+
+def _check_resources(key: str, resources: dict) -> None:
+    for name, amount in resources.items():
+        need(name not in ("CPU", "GPU", "memory"), key,
+             "CPUs and GPUs have their own keys (cpus/num_cpus, use_gpu); name a custom resource", name)
+        need(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0, f"{key}.{name}",
+             "must be a number > 0", amount)
+
+
+def _check_spec_augment(spec: dict | None) -> None:
+    from ray_asr.features import SPEC_AUGMENT_KEYS
+
+    if spec is None:
+        return
+    for name, value in spec.items():
+        key = f"train.spec_augment.{name}"
+        need(name in SPEC_AUGMENT_KEYS, key, f"unknown key (known: {', '.join(SPEC_AUGMENT_KEYS)})", name)
+        if name == "p":
+            need(isinstance(value, (int, float)) and 0 <= value <= 1, key, "must be in [0, 1]", value)
+        else:
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key, "must be an int >= 0", value)
 
 
 def validate(cfg: Config) -> Config:
-    """Checks every value; raises `ConfigError` naming the first bad field."""
-
-    def need(ok: bool, key: str, rule: str, value: Any) -> None:
-        if not ok:
-            raise ConfigError(f"{key}: {rule}, got {value!r}")
-
-    for key, allowed in _CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        need(value in allowed, key, f"must be one of {', '.join(allowed)}", value)
-    need(bool(cfg.model.name_or_path), "model.name_or_path", "must be set", cfg.model.name_or_path)
-    need(bool(cfg.model.language), "model.language", "must be set", cfg.model.language)
-    need(0 < cfg.data.max_duration_s <= 30.0, "data.max_duration_s", "must be in (0, 30]", cfg.data.max_duration_s)
-    need(0 <= cfg.data.max_rejected_fraction <= 1, "data.max_rejected_fraction", "must be in [0, 1]",
-         cfg.data.max_rejected_fraction)
-    need(cfg.data.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", cfg.data.prepare_batch_size)
-    need(cfg.data.eval_cache_mb >= 0, "data.eval_cache_mb", "must be >= 0", cfg.data.eval_cache_mb)
-    def auto_or(key: str, value: Any, ok: bool, rule: str) -> None:
-        need(value == AUTO or (not isinstance(value, str) and ok), key, f"{rule} or auto", value)
-
-    for key in ("prepare_num_cpus", "augment_num_cpus"):
-        value = getattr(cfg.data, key)
-        auto_or(f"data.{key}", value, not isinstance(value, str) and value > 0, "must be > 0")
-    need(cfg.data.activation_cache_mb >= 0, "data.activation_cache_mb", "must be >= 0", cfg.data.activation_cache_mb)
-    need(cfg.data.augment_concurrency >= 0, "data.augment_concurrency", "must be >= 0", cfg.data.augment_concurrency)
-    need(cfg.data.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", cfg.data.prepare_concurrency)
-    for key, specs in (("augment", cfg.augment), ("data.preprocess", cfg.data.preprocess)):
-        for i, spec in enumerate(specs):
-            need(isinstance(spec, dict) and "name" in spec, f"{key}[{i}]", "must be a mapping with a name", spec)
-            p = spec.get("p", 1.0)
-            need(isinstance(p, (int, float)) and 0 <= p <= 1, f"{key}[{i}].p", "must be in [0, 1]", p)
-    t = cfg.train
-    need(t.frozen_encoder_layers is None or t.frozen_encoder_layers >= 0, "train.frozen_encoder_layers",
-         "must be >= 0", t.frozen_encoder_layers)
-    need(t.learning_rate > 0, "train.learning_rate", "must be > 0", t.learning_rate)
-    need(t.epochs >= 1, "train.epochs", "must be >= 1", t.epochs)
-    need(t.batch_size_per_worker >= 1, "train.batch_size_per_worker", "must be >= 1", t.batch_size_per_worker)
-    need(t.lora.r >= 1, "train.lora.r", "must be >= 1", t.lora.r)
-    need(t.lora.alpha > 0, "train.lora.alpha", "must be > 0", t.lora.alpha)
-    need(0 <= t.lora.dropout < 1, "train.lora.dropout", "must be in [0, 1)", t.lora.dropout)
-    need(bool(t.lora.target_modules), "train.lora.target_modules", "must name at least one module", t.lora.target_modules)
-    need(t.weight_decay >= 0, "train.weight_decay", "must be >= 0", t.weight_decay)
-    need(t.warmup_steps >= 0, "train.warmup_steps", "must be >= 0", t.warmup_steps)
-    need(t.eval_every_steps >= 0, "train.eval_every_steps", "must be >= 0", t.eval_every_steps)
-    need(t.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0", t.shuffle_buffer)
-    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", t.keep_checkpoints)
-    need(t.max_failures >= 0, "train.max_failures", "must be >= 0", t.max_failures)
-    need(bool(t.run_name) and "/" not in t.run_name, "train.run_name", "must be a non-empty name without /",
-         t.run_name)
-    need(t.fail_at_step >= 0, "train.fail_at_step", "must be >= 0", t.fail_at_step)
-    ds = t.deepspeed
-    need(ds.stage in (0, 1, 2, 3), "train.deepspeed.stage", "must be 0, 1, 2 or 3", ds.stage)
-    need(not ds.offload_param or ds.stage == 3, "train.deepspeed.offload_param", "needs stage 3", ds.offload_param)
-    need(not ds.offload_optimizer or ds.stage >= 1, "train.deepspeed.offload_optimizer", "needs stage >= 1",
-         ds.offload_optimizer)
-    need(ds.gradient_accumulation_steps >= 1, "train.deepspeed.gradient_accumulation_steps", "must be >= 1",
-         ds.gradient_accumulation_steps)
-    need(ds.gradient_clipping >= 0, "train.deepspeed.gradient_clipping", "must be >= 0", ds.gradient_clipping)
-    workers, cpus = cfg.scaling.num_workers, cfg.scaling.cpus_per_worker
-    auto_or("scaling.num_workers", workers, not isinstance(workers, str) and workers >= 1, "must be >= 1")
-    auto_or("scaling.cpus_per_worker", cpus, not isinstance(cpus, str) and cpus > 0, "must be > 0")
-    for key, resources in (("data.augment_resources", cfg.data.augment_resources),
-                           ("scaling.resources_per_worker", cfg.scaling.resources_per_worker)):
-        for name, amount in resources.items():
-            need(name not in ("CPU", "GPU", "memory"), key,
-                 "CPUs and GPUs have their own keys (cpus/num_cpus, use_gpu); name a custom resource", name)
-            need(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0, f"{key}.{name}",
-                 "must be a number > 0", amount)
+    """Checks every value, section by section (each section's `check`); raises `ConfigError` naming the first
+    bad field."""
+    for section in (cfg.model, cfg.data, cfg.train, cfg.scaling, cfg.tune):
+        section.check()
+    _check_transforms("augment", cfg.augment)
     need(bool(cfg.output_dir), "output_dir", "must be set", cfg.output_dir)
-    need(cfg.tune.num_samples >= 1, "tune.num_samples", "must be >= 1", cfg.tune.num_samples)
-    spaces = {f"tune.{key}": getattr(cfg.tune, key) for key in ("learning_rate", "frozen_encoder_layers")}
-    need(isinstance(cfg.tune.space, dict), "tune.space", "must be a mapping of dotted keys", cfg.tune.space)
-    for key, space in cfg.tune.space.items():
-        need(str(key).startswith(("train.", "augment.", "data.")), f"tune.space.{key}",
-             "must name a train.*, augment.<name>.* or data.* key", key)
-        spaces[f"tune.space.{key}"] = space
-    for key, space in spaces.items():
-        kind, args = next(iter(space.items())) if isinstance(space, dict) and len(space) == 1 else (None, None)
-        ok = (kind == "choice" and isinstance(args, list) and args) or (
-            kind in DISTRIBUTIONS and isinstance(args, list) and len(args) == 2 and args[0] < args[1])
-        need(bool(ok), key, "must be one of {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi]}, "
-             "{choice: [...]}", space)
-    need(cfg.tune.search in ("random", "tpe"), "tune.search", "must be one of random, tpe", cfg.tune.search)
-    need(cfg.tune.metric in ("wer", "cer", "eval_loss"), "tune.metric", "must be one of wer, cer, eval_loss",
-         cfg.tune.metric)
-    need(cfg.tune.max_concurrent_trials >= 0, "tune.max_concurrent_trials", "must be >= 0", cfg.tune.max_concurrent_trials)
-    need(cfg.tune.grace_period >= 1, "tune.grace_period", "must be >= 1", cfg.tune.grace_period)
-    need(cfg.tune.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2", cfg.tune.reduction_factor)
-    need(cfg.tune.max_general_wer_increase is None or cfg.tune.max_general_wer_increase >= 0,
-         "tune.max_general_wer_increase", "must be >= 0", cfg.tune.max_general_wer_increase)
     return cfg
 
 
@@ -392,7 +446,7 @@ def _apply_override(tree: dict, override: str) -> None:
 
 def from_dict(values: dict, overrides: list[str] = ()) -> Config:
     """Builds and validates a `Config` from a mapping plus `dotted.key=value` overrides."""
-    tree = dict(values or {})
+    tree = copy.deepcopy(values or {})  # overrides must not reach into the caller's nested mappings
     for override in overrides:
         _apply_override(tree, override)
     return validate(_build(Config, tree))

@@ -34,13 +34,14 @@ def prepare_assets(workdir: Path) -> tuple[Path, dict[str, Path]]:
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def run(workdir: str | Path = ".") -> dict:
-    """Validates every split (a table each), then fine-tunes whisper-base with `configs/demo.yaml`."""
+def run(workdir: str | Path = ".", verbose: bool = False) -> dict:
+    """Validates every split (a table each), then fine-tunes whisper-base with `configs/demo.yaml`; `verbose`
+    shows the workers' own output too."""
     workdir = Path(workdir)
     model_dir, manifests = prepare_assets(workdir)
     cfg = config.load(DEMO_CONFIG, [f"model.name_or_path={model_dir}", f"output_dir={workdir / 'runs' / 'demo'}",
                                     *(f"data.{key}={path}" for key, path in manifests.items())])
-    cluster.connect(cfg.ray.address)
+    cluster.connect(cfg.ray.address, log_to_driver=verbose)
     sink = data.open_sink(None)  # the fine-tuning run writes the quarantine file
     results = {}
     try:

@@ -14,11 +14,13 @@ Clips are FLAC at eSpeak's native 22.05 kHz, so the pipeline's resampling is exe
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from ray_asr.tts import EspeakSynth, Voice
 
@@ -195,7 +197,8 @@ def build(out_dir: str | Path, size: CorpusSize = CorpusSize(), seed: int = 0) -
     for split, items in sentences(size, seed).items():
         path = out_dir / f"{split}.jsonl"
         with open(path, "w", encoding="utf-8") as manifest:
-            for i, (text, voice) in enumerate(items):
+            for i, (text, voice) in enumerate(tqdm(items, desc=f"demo corpus: {split}", unit="clip", file=sys.stderr,
+                                                   mininterval=1.0 if sys.stderr.isatty() else 30.0)):
                 wave = synth.say(text, voice)
                 clip = f"clips/{split}_{i:04d}.flac"
                 sf.write(out_dir / clip, wave, synth.sample_rate, subtype="PCM_16")

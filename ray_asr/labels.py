@@ -57,7 +57,12 @@ def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
             raise ValueError(f"{model_dir}: tokenizer has no {token} token (language or task not supported)")
         return found
 
-    prefix = (token_id(f"<|{language_code(language)}|>"), token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
+    # A code (`en`) is a token of the vocabulary; only a name (`english`) needs transformers' table, whose import
+    # the decode actors of the data tier should not pay.
+    code = language.strip("<|>").lower()
+    if backend.token_to_id(f"<|{code}|>") is None:
+        code = language_code(language)
+    prefix = (token_id(f"<|{code}|>"), token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
     return LabelTokenizer(backend, prefix, token_id("<|endoftext|>"))
 
 

@@ -10,6 +10,30 @@ from functools import lru_cache
 
 import jiwer
 
+# The one place split names and metric keys are spelled. A history row (one per evaluation) holds each
+# evaluation split's metrics under its prefix: `wer`, `eval_loss` for `eval`; `general_wer`,
+# `general_eval_loss` for `general_eval`. Unprefixed in-domain keys are what Tune and checkpoints rank on.
+EVAL_SPLITS = {"eval": "", "general_eval": "general_"}  # split → key prefix in history rows
+SPLITS = ("train", *EVAL_SPLITS)
+METRIC_KEYS = ("wer", "cer", "substitutions", "deletions", "insertions", "num_utterances", "runaway_outputs",
+               "repetition_rate", "eval_loss")
+RATE_KEYS = ("wer", "cer", "repetition_rate")  # shown as percentages
+
+
+def key(split: str, metric: str) -> str:
+    """A split's metric as named in history rows: `key("general_eval", "wer") == "general_wer"`."""
+    return EVAL_SPLITS[split] + metric
+
+
+def split_row(split: str, metrics: dict) -> dict:
+    """One split's evaluation (`report` plus `eval_loss`) as history-row keys."""
+    return {key(split, name): value for name, value in metrics.items()}
+
+
+def of_split(row: dict, split: str) -> dict:
+    """A split's metrics out of a history row, unprefixed (`METRIC_KEYS` only); empty if it was not evaluated."""
+    return {name: row[key(split, name)] for name in METRIC_KEYS if key(split, name) in row}
+
 
 @lru_cache(maxsize=4)
 def _normalizer(language: str):
@@ -59,7 +83,7 @@ def has_loop(ids: list[int], max_n: int = LOOP_MAX_NGRAM, repeats: int = LOOP_RE
 
 
 def report(rows: list[dict], language: str = "en") -> dict:
-    """Metrics of generated rows `{"reference", "hypothesis", "runaway", "looping"}`: the DESIGN.md keys."""
+    """Metrics of generated rows `{"reference", "hypothesis", "runaway", "looping"}`: the metric keys of docs/design.md."""
     out = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows], language)
     out["runaway_outputs"] = sum(bool(r["runaway"]) for r in rows)
     out["repetition_rate"] = sum(bool(r["looping"]) for r in rows) / max(len(rows), 1)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ray_asr import metrics
+
 
 def _pyplot():
     import matplotlib
@@ -19,10 +21,11 @@ def training_curves(history: list[dict], out: Path) -> Path:
     plt = _pyplot()
     steps = [row["step"] for row in history]
     fig, (loss_ax, wer_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    for key, label in (("train_loss", "train loss"), ("eval_loss", "eval loss"), ("general_eval_loss", "general loss")):
+    losses = [("train_loss", "train loss")] + [(metrics.key(split, "eval_loss"), f"{split} loss") for split in metrics.EVAL_SPLITS]
+    for key, label in losses:
         if any(key in row for row in history):
             loss_ax.plot(steps, [row.get(key, float("nan")) for row in history], marker="o", label=label)
-    for key, label in (("wer", "eval WER"), ("general_wer", "general WER")):
+    for key, label in ((metrics.key(split, "wer"), f"{split} WER") for split in metrics.EVAL_SPLITS):
         if any(key in row for row in history):
             wer_ax.plot(steps, [100 * row.get(key, float("nan")) for row in history], marker="o", label=label)
     loss_ax.set(xlabel="step", ylabel="loss", title="loss")

@@ -13,7 +13,7 @@ import numpy as np
 from ray_asr import audio, labels
 from ray_asr.audio import Rejected
 
-# The bad-input catalogue (DESIGN.md): every reason a row can be quarantined for.
+# The bad-input catalogue (docs/design.md): every reason a row can be quarantined for.
 REASONS = (
     "not_utf8", "malformed_json", "missing_keys", "empty_transcript", "transcript_too_long",
     "missing_file", "empty_file", "corrupt_file", "unsupported_codec", "non_finite_samples", "too_long",
@@ -36,10 +36,32 @@ def prepare(row: dict, tokenizer, max_duration_s: float) -> tuple[np.ndarray, li
         raise Rejected("transcript_too_long",
                        f"transcript is {len(ids) + 1} tokens with its prompt, over Whisper's {labels.MAX_TARGET_TOKENS}")
     wave = audio.load(row["audio_bytes"] if row["audio_bytes"] is not None else row["audio_path"])
+    wave = segment(wave, row.get("offset"), row.get("duration"))  # rows built before segments existed lack them
     seconds = len(wave) / audio.SAMPLE_RATE
     if seconds > max_duration_s:
         raise Rejected("too_long", f"clip is {seconds:.1f} s, over data.max_duration_s={max_duration_s:g}")
     return wave, ids
+
+
+# How far a segment may end past the decoded audio and still be read (to the audio's end): lhotse allows
+# 25 ms, and MP3 decoders disagree by about a frame (26 ms at 44.1 kHz) on a file's length.
+SEGMENT_TOLERANCE_S = 0.05
+
+
+def segment(wave: np.ndarray, offset: float | None, duration: float | None) -> np.ndarray:
+    """The part of a decoded 16 kHz file that a row names: `offset` s in, `duration` s long (None: 0, to the end).
+
+    A segment that is empty or lies outside the audio is `empty_file`: the row's audio holds nothing to
+    pair with its transcript.
+    """
+    if offset is None and duration is None:
+        return wave
+    length = len(wave) / audio.SAMPLE_RATE
+    start = offset or 0.0
+    end = length if duration is None else start + duration
+    if start < 0 or end <= start or start >= length or end > length + SEGMENT_TOLERANCE_S:
+        raise Rejected("empty_file", f"segment {start:.3f}-{end:.3f} s is not within the audio, which is {length:.3f} s long")
+    return wave[round(start * audio.SAMPLE_RATE) : round(end * audio.SAMPLE_RATE)]
 
 
 def quarantine_record(row: dict, reason: str, detail: str) -> dict:

@@ -28,10 +28,22 @@ import torch
 import torch.distributed as dist
 from transformers.modeling_outputs import BaseModelOutput
 
-from ray_asr import checkpoint, config, cross_attention, evaluate, export, hardware, labels, layout, metrics
+from ray_asr import (
+    checkpoint,
+    collate,
+    config,
+    cross_attention,
+    evaluate,
+    export,
+    hardware,
+    labels,
+    layout,
+    metrics,
+    progress,
+)
 from ray_asr import model as model_lib
 from ray_asr.activation_cache import ActivationCache, default_folder
-from ray_asr.collate import WhisperCollator
+from ray_asr.checkpoint import RunState
 from ray_asr.data import READ_TASK_CPUS
 from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
 from ray_asr.eval_cache import EvalCache
@@ -40,7 +52,6 @@ from ray_asr.zero import deepspeed_config, effective, init_distributed, optimize
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
 log = logging.getLogger(__name__)
-EVAL_SPLITS = {"eval": "", "general_eval": "general_"}  # split → metric key prefix
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -75,6 +86,7 @@ class Worker:
         self.plan = loop_config["plan"]
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.report = progress.Reporter(self.plan.get("progress"), speaks=self.rank == 0)
         self.stage_asked = self.cfg.train.deepspeed.stage
         self.cfg = dataclasses.replace(self.cfg, train=effective(self.cfg.train, self.world))
         # Ray pins OMP_NUM_THREADS to the worker's whole CPUs; torch's intra-op pool takes the CPUs it holds.
@@ -88,24 +100,28 @@ class Worker:
         self.boundary: FrozenBoundary | None = None
         self.engine = self._engine()
         n_mels = self.engine.module.config.num_mel_bins
-        self.collate = WhisperCollator(n_mels=n_mels, wire_dtype=self.cfg.data.wire_dtype, device=self.device,
-                                       keep=("id", "text"))
+        # Each rank masks with its own generator (seed + a prime stride per rank).
+        self.train_collate, self.collate = collate.for_splits(n_mels, self.cfg.data.wire_dtype, self.device,
+                                                              self.cfg.train.spec_augment, self.cfg.train.seed + 7919 * self.rank)
         self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
-        self.state = {"epoch": 0, "batches_done": 0, "step": 0, "history": [], "done": False}
+        self.state = RunState()
         self.loss_sum, self.loss_count, self.steps_run = torch.zeros((), device=self.device), 0, 0
         self.clips, self.step_seconds = 0, 0.0  # real clips trained and time in steps since the last evaluation
         self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
         self.eval_cache = EvalCache(self.cfg.data.eval_cache_mb)
-        self.watchdog = Watchdog(self._stall_message) if self.rank == 0 else None
+        self.watchdog = Watchdog(self._stall_message, warn=lambda text: self.report.say(text, warning=True)) \
+            if self.rank == 0 else None
+        self.tracker = self._tracker()
 
     def _precision(self) -> str:
         """`train.precision`, `auto` resolved the same on every rank (bf16 only if every rank has it natively)."""
         requested = self.cfg.train.precision
         native = not any_rank(not hardware.bf16_native(self.device), self.control)
         precision = hardware.resolve_precision(requested, self.device, native)
-        if precision == "bf16" and not native and self.device.type == "cpu" and self.rank == 0:
-            log.warning(f"[train] train.precision: bf16 on a CPU without native bf16: a matmul measured "
-                        f"{hardware.bf16_slowdown():.0f}x slower than fp32 here; use train.precision=auto (fp32 here)")
+        if precision == "bf16" and not native and self.device.type == "cpu":
+            self.report.say(f"[train] train.precision: bf16 on a CPU without native bf16: a matmul measured "
+                        f"{hardware.bf16_slowdown():.0f}x slower than fp32 here; use train.precision=auto (fp32 here)",
+                            warning=True)
         self.precision_note = hardware.describe(precision, requested, self.device)
         return precision
 
@@ -132,16 +148,16 @@ class Worker:
             synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1
             self.boundary = FrozenBoundary(engine.module, depth, cache,
                                            anyone=(lambda flag: any_rank(flag, self.control)) if synced else None)
-        if self.rank == 0:
+        if self.rank == 0:  # counted on every rank would gather ZeRO-3 partitions for nothing
             share = model_lib.trainable_summary(engine.module)
             threads = "GPU" if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
             stage = self.cfg.train.deepspeed.stage
             zero = f"ZeRO-{stage}" + (f" (stage {self.stage_asked} partitions nothing on one worker)"
                                       if stage != self.stage_asked else "")
-            log.info(f"[train] {self.cfg.train.strategy}: {share['trainable']:,} of {share['total']:,} parameters "
+            self.report.say(f"[train] {self.cfg.train.strategy}: {share['trainable']:,} of {share['total']:,} parameters "
                      f"train ({share['share']:.1%}); {zero}, {self.precision_note}, "
                      f"{self.world} worker{'s' if self.world > 1 else ''} ({threads}), ~{total} steps")
-            log.info(f"[train] activation cache: {self._cache_note(depth, cache)}")
+            self.report.say(f"[train] activation cache: {self._cache_note(depth, cache)}")
         return engine
 
     def _activation_cache(self, net, depth: int) -> ActivationCache | None:
@@ -158,7 +174,7 @@ class Worker:
             why = ("no frozen encoder layers" if depth == 0 else "data.activation_cache_mb is 0"
                    if self.cfg.data.activation_cache_mb <= 0 else "the encoder has dropout or layer drop")
             return f"off ({why})"
-        where = "evaluation splits only (augmented training clips differ every epoch)" if self.cfg.augment else \
+        where = "evaluation splits only (augmented training clips differ every epoch)" if self._perturbed() else \
             "training and evaluation splits"
         return (f"on below encoder layer {depth}, {where}; up to {self.cfg.data.activation_cache_mb:g} MiB in memory, "
                 f"then {cache.folder.parent}")
@@ -175,7 +191,25 @@ class Worker:
         return (f"[data] no batch for {waited:.0f} s; Ray has {free.get('CPU', 0):g} of {total.get('CPU', 0):g} CPUs "
                 f"free and {asks}: lower scaling.cpus_per_worker or data.prepare_num_cpus, or add CPU nodes")
 
+    def _perturbed(self) -> bool:
+        """Whether training clips differ every epoch (waveform augmentation or SpecAugment): not cacheable."""
+        return bool(self.cfg.augment) or self.cfg.train.spec_augment is not None
+
+    def _tracker(self):
+        """Rank 0's experiment trackers (`train.report_to`); a no-op elsewhere."""
+        from ray_asr import tracking
+
+        if self.rank != 0 or not self.cfg.train.report_to:
+            return tracking.Tracker.open([], Path(self.cfg.output_dir), self.cfg.train.run_name, {})
+        params = {"model": self.cfg.model.name_or_path, "strategy": self.cfg.train.strategy,
+                  "frozen_encoder_layers": self.cfg.train.frozen_encoder_layers,
+                  "learning_rate": self.cfg.train.learning_rate, "epochs": self.cfg.train.epochs,
+                  "batch_size_per_worker": self.cfg.train.batch_size_per_worker, "workers": self.world,
+                  "zero_stage": self.cfg.train.deepspeed.stage}
+        return tracking.Tracker.open(self.cfg.train.report_to, Path(self.cfg.output_dir), self.cfg.train.run_name, params)
+
     def close(self) -> None:
+        self.tracker.close()
         if self.boundary is not None and self.boundary.cache is not None:
             self.boundary.cache.close()
         if self.watchdog is not None:
@@ -187,12 +221,11 @@ class Worker:
             return
         with found.as_directory() as folder:
             self.state = checkpoint.read_state(Path(folder))
-            self.state["done"] = checkpoint.finished(self.state, self.cfg.train.epochs)
-            if not self.state["done"]:
+            self.state.done = self.state.finished(self.cfg.train.epochs)
+            if not self.state.done:
                 checkpoint.load(self.engine, Path(folder))
-        if self.rank == 0:
-            where = "finished" if self.state["done"] else f"epoch {self.state['epoch']}, batch {self.state['batches_done']}"
-            log.info(f"[train] resumed from checkpoint at step {self.state['step']} ({where})")
+        where = "finished" if self.state.done else f"epoch {self.state.epoch}, batch {self.state.batches_done}"
+        self.report.say(f"[train] resumed from checkpoint at step {self.state.step} ({where})")
 
     def run(self) -> None:
         if self.plan.get("score_to"):  # a search's one scoring of the starting model
@@ -201,30 +234,50 @@ class Worker:
                 ray.get(self.plan["score_to"].put.remote(row))
             return
         self.resume()
-        if self.state["done"]:  # a finished run: report its final metrics again, train nothing
-            ray.train.report({**self.state["history"][-1], "steps_run": 0, "finished": True})
+        if self.state.done:  # a finished run: report its final metrics again, train nothing
+            ray.train.report({**self.state.history[-1], "steps_run": 0, "finished": True})
             return
         every = self.cfg.train.eval_every_steps
-        if self.cfg.train.eval_at_start and not self.state["history"]:
+        if self.cfg.train.eval_at_start and not self.state.history:
             # Kept in the history, not reported: a search's scheduler should rank trials on trained steps only.
             # A search scores the starting model once for all its trials (`plan["base_row"]`).
-            self.state["history"].append(self.plan.get("base_row") or self._eval_row(epoch=0))
-        for epoch in range(self.state["epoch"], self.cfg.train.epochs):
+            self.state.history.append(self.plan.get("base_row") or self._eval_row(epoch=0))
+        for epoch in range(self.state.epoch, self.cfg.train.epochs):
             shard = ray.train.get_dataset_shard("train")
             batches = shard.iter_torch_batches(
-                batch_size=self.cfg.train.batch_size_per_worker, collate_fn=self.collate, prefetch_batches=2,
+                batch_size=self.cfg.train.batch_size_per_worker, collate_fn=self.train_collate, prefetch_batches=2,
                 local_shuffle_buffer_size=self.cfg.train.shuffle_buffer or None,
                 local_shuffle_seed=self.cfg.train.seed + 1000 * epoch + self.rank)
-            skip = self.state["batches_done"]  # resumed mid-epoch: batches trained before the restart
+            skip = self.state.batches_done  # resumed mid-epoch: batches trained before the restart
+            self._start_train_bar()
             for n, (batch, real) in enumerate(lockstep(self._watched(batches), self.dummy, self.control)):
                 if n < skip:
                     continue
                 stepped = self._train_step(batch, real)
-                self.state["batches_done"] = n + 1
-                if stepped and every and self.state["step"] % every == 0:
+                self.state.batches_done = n + 1
+                if stepped:
+                    self._after_step(epoch)
+                if stepped and every and self.state.step % every == 0:
                     self._evaluate_and_checkpoint(epoch + 1, final=False)  # the epoch in progress
-            self.state["epoch"], self.state["batches_done"] = epoch + 1, 0
+                    self._start_train_bar()
+            self.state.epoch, self.state.batches_done = epoch + 1, 0
             self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
+
+    def _start_train_bar(self) -> None:
+        """The training bar, in optimizer steps over the whole run, drawn again after each evaluation's bar."""
+        total = self.plan["steps_per_epoch"] * self.cfg.train.epochs
+        self.report.start("train", max(total, self.state.step), "step", done=self.state.step)
+
+    def _after_step(self, epoch: int) -> None:
+        """The bar moves and, every `train.log_every_steps`, the trackers get the running loss (the one host
+        sync in the loop, and only with trackers on)."""
+        self.report.advance("train", 1, f"epoch {epoch + 1}/{self.cfg.train.epochs}, "
+                                        f"{self.clips * self.world / max(self.step_seconds, 1e-9):.2f} clips/s")
+        every = self.cfg.train.log_every_steps
+        if self.tracker.backends and every and self.state.step % every == 0 and self.loss_count:
+            self.tracker.scalars(self.state.step, {
+                "train_loss": float(self.loss_sum) / self.loss_count, "learning_rate": self.engine.get_lr()[0],
+                "train_clips_per_s": self.clips * self.world / max(self.step_seconds, 1e-9)})
 
     def _watched(self, batches):
         return self.watchdog.watch(batches) if self.watchdog else batches
@@ -235,7 +288,7 @@ class Worker:
         features = batch["input_features"].to(self.dtype)
         if self.boundary is None:
             return {"input_features": features}
-        cacheable = real and (split != "train" or not self.cfg.augment)
+        cacheable = real and (split != "train" or not self._perturbed())
         keys = [f"{split}/{i}" if cacheable else None for i in batch["id"]]
         return {"encoder_outputs": BaseModelOutput(last_hidden_state=self.boundary(features, keys))}
 
@@ -255,18 +308,20 @@ class Worker:
         self.step_seconds += time.perf_counter() - started
         stepped = self.engine.global_steps != before
         if stepped:
-            self.state["step"] = self.engine.global_steps
+            self.state.step = self.engine.global_steps
             self.steps_run += 1
         return stepped
 
     def _maybe_fail(self) -> None:
         """Fault injection (`train.fail_at_step`): the last rank dies once, at that step."""
         step, marker = self.cfg.train.fail_at_step, self.plan.get("fault_marker")
-        if not step or self.state["step"] != step or self.rank != self.world - 1 or marker is None:
+        if not step or self.state.step != step or self.rank != self.world - 1 or marker is None:
             return
         if not Path(marker).exists():
             Path(marker).write_text(f"rank {self.rank} exited at step {step}\n")
             log.warning(f"[train] fault injection: rank {self.rank} exits at step {step}")
+            if self.report.channel is not None:  # the last rank is silent on the console; this one line it says
+                self.report.channel.put.remote("line", f"[train] fault injection: rank {self.rank} exits at step {step}")
             # Ray Train's controller collects reports when it polls (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
             # 2 s by default); a checkpoint is registered once every rank's report is in. Waiting past a poll
             # makes the injected death land after the last checkpoint is recorded, so recovery is repeatable.
@@ -282,6 +337,7 @@ class Worker:
         stream = ray.train.get_dataset_shard(split).iter_batches(batch_size=self.cfg.train.batch_size_per_worker,
                                                                  batch_format="numpy")
         batches = map(self.collate, self._watched(self.eval_cache.batches(split, stream)))
+        self.report.start(f"{split} (step {self.state.step})", self.plan.get("split_rows", {}).get(split, 0), "clip")
         with torch.no_grad():
             for batch, real in lockstep(batches, self.dummy, self.control):
                 inputs = self._encoder_inputs(batch, split, real)
@@ -299,6 +355,8 @@ class Worker:
                     loss_sum += loss.item() * len(ids)
                     loss_n += len(ids)
                     rows += evaluate.rows(self.tokenizer, ids, runaway, batch["text"], batch["id"])
+                    self.report.advance(f"{split} (step {self.state.step})", len(ids), every_rank=True)
+        self.report.end(f"{split} (step {self.state.step})")
         first_pass = split not in self.eval_cache.settled
         kept = self.eval_cache.settle(split, self.device)
         if first_pass and self.rank == 0 and self.cfg.data.eval_cache_mb > 0:
@@ -309,7 +367,7 @@ class Worker:
         all_rows = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["id"])
         self.predictions[split] = all_rows
         result = metrics.report(all_rows, self.cfg.model.language)
-        result["loss"] = sum(s for _, s, _ in gathered) / max(sum(n for _, _, n in gathered), 1)
+        result["eval_loss"] = sum(s for _, s, _ in gathered) / max(sum(n for _, _, n in gathered), 1)
         return result
 
     def _train_totals(self) -> dict:
@@ -329,42 +387,45 @@ class Worker:
     def _eval_row(self, epoch: int) -> dict:
         """Train loss since the last row, and every eval split's metrics (logged on rank 0)."""
         started = time.perf_counter()
-        row = {"step": self.state["step"], "epoch": epoch, **self._train_totals()}
-        for split, prefix in EVAL_SPLITS.items():
+        self.report.end("train")  # one bar at a time: nested bars garble a console that is not a terminal
+        row = {"step": self.state.step, "epoch": epoch, **self._train_totals()}
+        for split in metrics.EVAL_SPLITS:
             if split in self.plan["eval_splits"]:
-                found = self._evaluate(split)
-                row.update({f"{prefix}{'eval_loss' if key == 'loss' else key}": value for key, value in found.items()})
+                row.update(metrics.split_row(split, self._evaluate(split)))
         row["eval_seconds"] = round(time.perf_counter() - started, 1)
-        if self.rank == 0:
-            log.info(_eval_line(row))
+        self.report.say(_eval_line(row))
+        if self.tracker.backends:
+            every = self.cfg.train.log_every_steps
+            logged = every and row["step"] and row["step"] % every == 0  # `_after_step` wrote the same train loss
+            self.tracker.scalars(row["step"], {k: v for k, v in row.items() if not (logged and k.startswith("train_"))})
         return row
 
     def _evaluate_and_checkpoint(self, epoch: int, final: bool) -> None:
         """Evaluates and checkpoints, once per step: an epoch's end that falls on the eval cadence, or a
         step evaluated before a restart, is not evaluated again (the final checkpoint is still written)."""
-        if self.state.get("evaluated_step") == self.state["step"] and self.state["history"]:
+        if self.state.evaluated_step == self.state.step and self.state.history:
             if not final:
                 return
-            row = self.state["history"][-1]
+            row = self.state.history[-1]
         else:
             row = self._eval_row(epoch)
-            self.state["history"].append(row)
-            self.state["evaluated_step"] = self.state["step"]
+            self.state.history.append(row)
+            self.state.evaluated_step = self.state.step
         trainable = export.trainable_state(self.engine) if final else None  # collective under ZeRO-3
-        self.state["done"] = final
+        self.state.done = final
         with tempfile.TemporaryDirectory(prefix="ray-asr-ckpt-") as tmp:
             folder = Path(tmp)
             checkpoint.save(self.engine, folder, self.state if self.rank == 0 else None)
             if final and self.rank == 0:
                 export.write(self.cfg, trainable, folder / "model", adapter_out=folder / "adapter")
-                (folder / "history.json").write_text(json.dumps(self.state["history"], indent=1))
+                (folder / "history.json").write_text(json.dumps(self.state.history, indent=1))
                 with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
                     for split, rows in self.predictions.items():
                         f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
             # Not "done": Ray Tune reads a `done` metric as "stop this trial now".
             ray.train.report({**row, "steps_run": self.steps_run, "finished": final},
                              checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
-                             checkpoint_dir_name=f"step-{self.state['step']:07d}{'-final' if final else ''}")
+                             checkpoint_dir_name=f"step-{self.state.step:07d}{'-final' if final else ''}")
 
 
 def _eval_line(row: dict) -> str:
@@ -372,10 +433,11 @@ def _eval_line(row: dict) -> str:
              f"train loss {row['train_loss']:.3f} ({row.get('train_clips_per_s', float('nan')):.2f} clips/s)"]
     if row["step"] == 0:
         parts[1] = "before training"
-    for prefix, name in (("", "eval"), ("general_", "general")):
-        if f"{prefix}wer" in row:
-            parts.append(f"{name} loss {row[f'{prefix}eval_loss']:.3f} WER {row[f'{prefix}wer']:.2%} "
-                         f"CER {row[f'{prefix}cer']:.2%} runaway {row[f'{prefix}runaway_outputs']}")
+    for split in metrics.EVAL_SPLITS:
+        found = metrics.of_split(row, split)
+        if "wer" in found:
+            parts.append(f"{split} loss {found['eval_loss']:.3f} WER {found['wer']:.2%} "
+                         f"CER {found['cer']:.2%} runaway {found['runaway_outputs']}")
     return " | ".join(parts) + f" | {row['eval_seconds']:.1f} s"
 
 

@@ -2,7 +2,7 @@
 
 Each trial is a whole `finetune` run (its own `TorchTrainer` with `scaling.num_workers` workers,
 started from the trial function, the Train V2 way); `TuneReportCallback` forwards every evaluation
-to Tune, where ASHA stops trials whose eval WER (`tune.metric`) trails. Outputs in `output_dir`:
+to Tune, where ASHA stops trials whose `tune.metric` (in-domain WER, CER or eval loss) trails. Outputs in `output_dir`:
 
     base_score.json        the starting model's evaluation, measured once and heading every trial's history
     trials/<trial id>/     each trial's finetune outputs (model, metrics, curves, checkpoints)
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_asr import cluster, config, finetune, layout
+from ray_asr import cluster, config, finetune, layout, metrics
 from ray_asr.config import AUTO, Config, ConfigError
 
 EXPERIMENT = "search"
@@ -71,6 +71,35 @@ def apply(values: dict, key: str, value) -> None:
     node[rest[-1]] = value
 
 
+def _representative(space: dict):
+    """A value the distribution can give (its low end, or its first choice): enough to check a key once."""
+    (args,) = space.values()
+    return args[0]
+
+
+def check_space(cfg: Config) -> None:
+    """Every searched key, set to a value its distribution gives, still makes a valid config: checked once on
+    the driver, so a mistyped key stops the search in a line instead of failing inside every trial."""
+    searched = {"train.learning_rate": cfg.tune.learning_rate,
+                "train.frozen_encoder_layers": cfg.tune.frozen_encoder_layers, **cfg.tune.space}
+    for key, space in searched.items():
+        values = config.to_dict(cfg)
+        apply(values, key, _representative(space))
+        try:
+            config.from_dict(values)
+        except ConfigError as err:
+            where = f"tune.space.{key}" if key in cfg.tune.space else f"tune.{key.split('.', 1)[1]}"
+            raise ConfigError(f"{where}: {err}") from None
+
+
+def check(cfg: Config) -> None:
+    """What a search needs beyond a valid config, checked on the driver before Ray starts."""
+    finetune.check(cfg)
+    if not cfg.data.eval:
+        raise ConfigError("data.eval: must be set for tune (trials are ranked by its WER)")
+    check_space(cfg)
+
+
 def _plain(value):
     """A sampled value as a plain Python number (Tune hands out numpy scalars)."""
     return value.item() if hasattr(value, "item") else value
@@ -96,14 +125,15 @@ def run_trial(params: dict) -> None:
 
     cfg = trial_config(params, tune.get_context().get_trial_id())
     summary = finetune.run(cfg, callbacks=[TuneReportCallback()], reserved=params.get("reserved", 0.0),
-                           base_row=params.get("base_row"))
-    final = {**{key: summary["eval"][key] for key in ("wer", "cer", "eval_loss")}, "step": summary["step"],
-             "finished": True}
+                           base_row=params.get("base_row"), show_progress=False)
+    final = {**metrics.split_row("eval", {key: summary["eval"][key] for key in ("wer", "cer", "eval_loss")}),
+             "step": summary["step"], "finished": True}
+    general = metrics.key("general_eval", "wer")
     if "general_eval" in summary:
-        final["general_wer"] = summary["general_eval"]["wer"]
+        final[general] = summary["general_eval"]["wer"]
         history = finetune.read_history(cfg)
-        if history and history[0]["step"] == 0 and "general_wer" in history[0]:
-            final["general_wer_increase"] = final["general_wer"] - history[0]["general_wer"]
+        if history and history[0]["step"] == 0 and general in history[0]:
+            final["general_wer_increase"] = final[general] - history[0][general]
     tune.report(final)
 
 
@@ -146,7 +176,7 @@ def base_row(cfg: Config) -> dict:
         if saved["key"] == key:
             return saved["row"]
     started = time.perf_counter()
-    row = finetune.score_base(cfg)
+    row = finetune.score_base(cfg, show_progress=True)
     print(f"[tune] base model scored once for every trial in {time.perf_counter() - started:.0f} s: "
           f"WER {row['wer']:.2%}" + (f", general WER {row['general_wer']:.2%}" if "general_wer" in row else ""))
     path.write_text(json.dumps({"key": key, "row": row}, indent=1))
@@ -247,9 +277,7 @@ def table(rows: list[dict]) -> str:
 
 def run(cfg: Config) -> list[dict]:
     """The whole search; returns the trials' rows, best first."""
-    finetune.check(cfg)
-    if not cfg.data.eval:
-        raise ConfigError("data.eval: must be set for tune (trials are ranked by its WER)")
+    check(cfg)
     cluster.connect(cfg.ray.address)
     concurrency = _concurrency(cfg)
     layout.resolve(cfg, reserved=_reserved(cfg, concurrency))  # a trial that cannot fit stops the search here

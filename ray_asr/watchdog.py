@@ -17,10 +17,13 @@ STALL_AFTER_S = 60.0  # Ray Data's start-up (actors, first blocks) takes seconds
 
 
 class Watchdog:
-    """Wraps iterators; a daemon thread logs `message(waited)` once when one waits past `after_s` for an item."""
+    """Wraps iterators; a daemon thread says `message(waited)` once (through `warn`, default a log warning) when
+    one waits past `after_s` for an item."""
 
-    def __init__(self, message: Callable[[float], str], after_s: float = STALL_AFTER_S, poll_s: float = 1.0):
+    def __init__(self, message: Callable[[float], str], after_s: float = STALL_AFTER_S, poll_s: float = 1.0,
+                 warn: Callable[[str], None] | None = None):
         self.message, self.after_s, self.poll_s = message, after_s, poll_s
+        self.warn = warn or log.warning
         self.waiting_since: float | None = None
         self.warned = False
         self._stop = threading.Event()
@@ -45,9 +48,9 @@ class Watchdog:
             if since is not None and time.monotonic() - since >= self.after_s:
                 self.warned = True
                 try:
-                    log.warning(self.message(time.monotonic() - since))
+                    self.warn(self.message(time.monotonic() - since))
                 except Exception as err:  # noqa: BLE001 (the warning must never take the run down)
-                    log.warning(f"[data] no batch for {self.after_s:.0f} s ({err})")
+                    self.warn(f"[data] no batch for {self.after_s:.0f} s ({err})")
 
     def stop(self) -> None:
         self._stop.set()

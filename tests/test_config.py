@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,22 @@ def test_learning_rate_accepted_iff_positive(lr):
     else:
         with pytest.raises(ConfigError, match="train.learning_rate"):
             config.from_dict({"train": {"learning_rate": lr}})
+
+
+def test_from_dict_leaves_the_callers_mapping_alone():
+    values = {"train": {"deepspeed": {"stage": 2}}, "augment": [{"name": "noise", "p": 0.5}]}
+    before = copy.deepcopy(values)
+    cfg = config.from_dict(values, ["train.deepspeed.stage=3", "train.epochs=4"])
+    assert cfg.train.deepspeed.stage == 3 and values == before
+    cfg.augment[0]["p"] = 1.0
+    assert values == before
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"time_maskz": 2}, "train.spec_augment.time_maskz: unknown key"),
+    ({"p": 1.5}, "train.spec_augment.p: must be in [0, 1]"),
+    ({"time_width": -1}, "train.spec_augment.time_width: must be an int >= 0"),
+])
+def test_spec_augment_settings_are_checked(spec, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.from_dict({"train": {"spec_augment": spec}})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from ray_asr import audio, sources
 from ray_asr.audio import Rejected
-from ray_asr.prepare import REASONS, prepare, quarantine_record
+from ray_asr.prepare import REASONS, SEGMENT_TOLERANCE_S, prepare, quarantine_record
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +98,38 @@ def test_any_rate_and_channel_count_becomes_16k_mono(rate, channels, seconds):
     wave = audio.to_mono_16k(*audio.decode(buf.getvalue()))
     assert wave.ndim == 1 and wave.dtype == np.float32
     assert abs(len(wave) - frames * audio.SAMPLE_RATE / rate) <= 2
+
+
+def _ramp_rows(tmp_path, segments):
+    """A 1 s 16 kHz clip whose sample i is i / 16000 (float WAV: exact), and one NeMo row per (offset, duration)."""
+    ramp = (np.arange(audio.SAMPLE_RATE) / audio.SAMPLE_RATE).astype(np.float32)
+    sf.write(tmp_path / "ramp.wav", ramp, audio.SAMPLE_RATE, subtype="FLOAT")
+    lines = [{"audio_filepath": "ramp.wav", "text": "a ramp", "offset": offset, "duration": duration}
+             for offset, duration in segments]
+    (tmp_path / "nemo.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return ramp, sources.read_all(tmp_path / "nemo.jsonl")
+
+
+def test_a_segment_row_yields_exactly_its_samples(tmp_path, tokenizer):
+    ramp, rows = _ramp_rows(tmp_path, [(0.25, 0.5), (None, 0.1), (0.9, None), (0.7, 0.3 + SEGMENT_TOLERANCE_S / 2)])
+    waves = [prepare(row, tokenizer, 30.0)[0] for row in rows]
+    np.testing.assert_array_equal(waves[0], ramp[4000:12000])
+    np.testing.assert_array_equal(waves[1], ramp[:1600])
+    np.testing.assert_array_equal(waves[2], ramp[14400:])
+    np.testing.assert_array_equal(waves[3], ramp[11200:])  # a little past the end: read to the end
+    hand_built = {k: v for k, v in rows[0].items() if k not in ("offset", "duration")}  # rows from before segments
+    assert len(prepare(hand_built, tokenizer, 30.0)[0]) == audio.SAMPLE_RATE
+
+
+@pytest.mark.parametrize("offset,duration", [(0.9, 0.5), (1.5, 0.2), (0.5, 0.0), (-0.1, 0.5), (1.0, None)])
+def test_a_segment_outside_the_audio_is_rejected(tmp_path, tokenizer, offset, duration):
+    _, (row,) = _ramp_rows(tmp_path, [(offset, duration)])
+    with pytest.raises(Rejected) as err:
+        prepare(row, tokenizer, 30.0)
+    assert err.value.reason == "empty_file"
+    assert "segment" in err.value.detail and "1.000 s long" in err.value.detail
+
+
+def test_max_duration_applies_to_the_segment(tmp_path, tokenizer):
+    _, (row,) = _ramp_rows(tmp_path, [(0.0, 0.6)])
+    assert len(prepare(row, tokenizer, max_duration_s=0.7)[0]) == 9600  # the file is 1 s, over the limit; the row is not

@@ -11,6 +11,14 @@ import ray
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: the marker must be on the items by then
+def pytest_collection_modifyitems(config, items):
+    """Every test in this folder starts (or joins) a Ray: all are `slow`, so `-m "not slow"` is the unit run."""
+    for item in items:
+        if TESTS in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+
+
 # Package scope: Ray stops once the integration tests are done, so no idle driver lives on in this
 # process while the unit tests run (one CI run lost its whole session to a Ray driver crash there).
 @pytest.fixture(scope="package")

@@ -38,11 +38,20 @@ def _losses(out: Path) -> list[float]:
 
 
 def test_zero0_frozen_depth_trains_and_exports_a_model_transformers_loads(tmp_path):
-    cfg = _smoke(tmp_path, "train.deepspeed.stage=0", "train.frozen_encoder_layers=1")
+    cfg = _smoke(tmp_path, "train.deepspeed.stage=0", "train.frozen_encoder_layers=1", "train.report_to=[tensorboard]",
+                 "train.log_every_steps=2")
     summary = finetune.run(cfg)
     out = Path(cfg.output_dir)
     losses = _losses(out)
     assert len(losses) == cfg.train.epochs and losses[-1] < losses[0] - 0.5, losses
+    # Rank 0 wrote the evaluations and the running loss where TensorBoard's own reader finds them.
+    from ray_asr.tracking import read_tensorboard
+
+    scalars = read_tensorboard(out / "tensorboard")
+    history = json.loads((out / "history.json").read_text())
+    assert [step for step, _ in scalars["eval/wer"]] == [row["step"] for row in history]
+    assert [value for _, value in scalars["general_eval/loss"]] == pytest.approx([r["general_eval_loss"] for r in history])
+    assert [step for step, _ in scalars["train/loss"]] == list(range(2, summary["step"] + 1, 2))
     assert summary["steps_run"] == summary["step"] > 0
     assert set(summary) >= {"eval", "general_eval"} and summary["eval"]["num_utterances"] == 16
     assert (out / "training.png").stat().st_size > 10_000 and (out / "quarantine.jsonl").exists()
@@ -66,7 +75,12 @@ def test_zero0_frozen_depth_trains_and_exports_a_model_transformers_loads(tmp_pa
     tokens = model.generate(input_features=features, max_new_tokens=10, return_dict_in_generate=True).sequences[0]
     prompt = processor.tokenizer.convert_ids_to_tokens(tokens[:4].tolist())
     assert prompt == ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"]
-    assert isinstance(processor.decode(tokens, skip_special_tokens=True), str)
+    # The prompt came from the export's own generation config (generate got no language or task) ...
+    assert (model.generation_config.language, model.generation_config.task) == ("en", "transcribe")
+    # ... and the export's tokenizer turns the ids into a transcript that encodes back to the same text.
+    text = processor.decode(tokens, skip_special_tokens=True)
+    again = processor.tokenizer(text, add_special_tokens=False).input_ids
+    assert processor.decode(again, skip_special_tokens=True) == text, (tokens.tolist(), text)
     # (A rerun of a finished run trains nothing: tests/integration/test_tune.py finetunes a finished trial.)
 
 
@@ -101,7 +115,7 @@ def test_zero2_replaces_a_dead_worker_and_resumes_from_the_last_checkpoint(tmp_p
     run = _cli(out, "train.fail_at_step=6", log=log)  # a worker dies once, at step 6
     assert run.wait(timeout=400) == 0, log.read_text()[-4000:]
     text = log.read_text()
-    assert "fault injection: rank 1 exits at step 6" in text
+    assert "fault injection: rank 1 exits at step 6" in text  # the last rank: the smoke config runs 2 workers
     assert "resumed from checkpoint at step 4 " in text  # the replacement workers restart from step 4
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["step"] == 16 and 0 < summary["steps_run"] < 16
@@ -156,3 +170,24 @@ def test_zero3_lora_evaluates_in_lockstep_and_merged_export_equals_adapter(tmp_p
             input_features=features, decoder_input_ids=decoder).logits
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     assert not torch.allclose(a, untrained, atol=1e-3)  # the adapters did change the model
+
+
+def test_ctrl_c_stops_a_run_with_one_line_and_exit_130(tmp_path):
+    import ray
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    run = subprocess.Popen([sys.executable, "-m", "ray_asr", "finetune", str(SMOKE), f"output_dir={tmp_path / 'run'}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    lines = []
+    for line in run.stdout:  # the run is training once the workers have said what they train
+        lines.append(line)
+        if line.startswith("[train] activation cache"):
+            break
+    time.sleep(3)
+    run.send_signal(signal.SIGINT)
+    started = time.time()
+    rest, err = run.communicate(timeout=90)
+    assert run.returncode == 130 and time.time() - started < 60, (lines, rest, err[-2000:])
+    said = [line for line in err.splitlines() if line.startswith("ray-asr")]
+    assert said == ["ray-asr finetune: interrupted; run the same command again to resume from its last checkpoint"]
+    assert "Traceback" not in err

@@ -84,3 +84,17 @@ def test_search_stops_trials_early_resumes_after_a_kill_and_its_best_config_fine
     from transformers import WhisperForConditionalGeneration
 
     assert WhisperForConditionalGeneration.from_pretrained(out / "best" / "model").config.d_model == 64
+
+
+def test_a_search_whose_every_trial_fails_exits_non_zero(tmp_path):
+    # Each trial's last worker dies at its first step and no restart is allowed: a failure only a running
+    # trial can show (the driver's checks pass).
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    run = subprocess.run([sys.executable, "-m", "ray_asr", "tune", "configs/tune-smoke.yaml", f"output_dir={tmp_path}",
+                          "tune.num_samples=2", "train.fail_at_step=1", "train.max_failures=0", "train.epochs=1",
+                          "data.general_eval=null", "tune.max_general_wer_increase=null"],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, check=False)
+    assert run.returncode == 3, run.stderr[-3000:]
+    assert "ray-asr tune: all 2 trials failed" in run.stderr
+    with open(tmp_path / "trials.csv") as f:
+        assert [row["error"] for row in csv.DictReader(f)] == ["True", "True"]
