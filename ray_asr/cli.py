@@ -43,7 +43,7 @@ def _tune(args) -> int:
     rows = tune.run(builtin.resolve(cfg))
     failed = sum(bool(row["error"]) for row in rows)
     if failed == len(rows):
-        print(f"ray-asr tune: all {failed} trials failed; their errors are under {cfg.output_dir}/tune "
+        print(f"ray-asr tune: every trial failed ({failed} of {len(rows)}); their errors are under {cfg.output_dir}/tune "
               f"(run one with `ray-asr finetune` to see why)", file=sys.stderr)
         return EXIT_FAILED
     if failed:
@@ -93,7 +93,7 @@ def _validate(args) -> int:
 
         sources.plan(args.manifest)  # fail fast, before Ray starts, on an unreadable manifest
         labels.load_tokenizer(tokenizer_dir, args.language, "transcribe")
-        cluster.connect()
+        cluster.connect(log_to_driver=args.verbose)
         summary = validate_source(args.manifest, tokenizer_dir, args.quarantine, args.language, args.max_duration_s)
     except (SourceError, FileNotFoundError, ValueError) as err:
         print(f"ray-asr validate: {err}", file=sys.stderr)

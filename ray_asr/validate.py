@@ -9,21 +9,34 @@ from tqdm import tqdm
 
 from ray_asr import config, data
 
+POLL_S = 0.5  # how often the bar reads the sink's counts
+
+
+@ray.remote(num_cpus=0)
+def _drain(dataset) -> None:
+    """Pulls every block through the pipeline (the sink counts and quarantines as they pass)."""
+    for _ in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        pass
+
 
 def validate_split(cfg: config.Config, split: str, sink, enforce_limit: bool = True) -> dict:
     """Streams one split of `cfg` through the pipeline, discarding rows, and returns its sink summary.
 
-    One bar (rows checked) stands in for Ray Data's own progress output, which is off for this run."""
+    The stream runs in a task, not here: Ray Data's executor then logs (and creates its actors) in a worker,
+    whose output stays in Ray's logs, and this process draws one bar from the sink's counts."""
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = data.build_dataset(cfg, split, sink, enforce_limit)
+    done = _drain.remote(dataset)
     tty = sys.stderr.isatty()
     with tqdm(total=ray.get(sink.planned_rows.remote(split)), desc=f"validate {split}", unit="row", file=sys.stderr,
               mininterval=0.5 if tty else 30.0) as bar:
-        for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):  # blocks as they come
-            bar.update(batch.num_rows)
-        counts = ray.get(sink.summary.remote(split))
-        bar.update(max(counts["rows"] - bar.n, 0))  # rejected rows never reach the stream; count them too
-    return counts
+        while True:
+            finished, _ = ray.wait([done], timeout=POLL_S)
+            counts = ray.get(sink.summary.remote(split))
+            bar.update(max(counts["rows"] - bar.n, 0))
+            if finished:
+                ray.get(done)  # the pipeline's own error (e.g. too many rejected rows), if any
+                return counts
 
 
 def validate_source(source: str, tokenizer_dir: str, quarantine: str | None = None, language: str = "en",

@@ -91,10 +91,10 @@ def test_a_search_whose_every_trial_fails_exits_non_zero(tmp_path):
     # trial can show (the driver's checks pass).
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     run = subprocess.run([sys.executable, "-m", "ray_asr", "tune", "configs/tune-smoke.yaml", f"output_dir={tmp_path}",
-                          "tune.num_samples=2", "train.fail_at_step=1", "train.max_failures=0", "train.epochs=1",
+                          "tune.num_samples=1", "train.fail_at_step=1", "train.max_failures=0", "train.epochs=1",
                           "data.general_eval=null", "tune.max_general_wer_increase=null"],
-                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=600, check=False)
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=540, check=False)
     assert run.returncode == 3, run.stderr[-3000:]
-    assert "ray-asr tune: all 2 trials failed" in run.stderr
+    assert "ray-asr tune: every trial failed (1 of 1)" in run.stderr
     with open(tmp_path / "trials.csv") as f:
-        assert [row["error"] for row in csv.DictReader(f)] == ["True", "True"]
+        assert [row["error"] for row in csv.DictReader(f)] == ["True"]
