@@ -24,7 +24,7 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from ray_asr import checkpoint, cluster, data, ingest, layout, metrics, plots, progress
+from ray_asr import checkpoint, cluster, data, ingest, layout, metrics, plots, progress, quiet
 from ray_asr.config import Config
 from ray_asr.metrics import EVAL_SPLITS, METRIC_KEYS
 from ray_asr.train import train_loop_per_worker
@@ -74,6 +74,7 @@ def trainer(cfg: Config, sink, callbacks: list | None = None, base_row: dict | N
                                                resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
             name=cfg.train.run_name, storage_path=storage_path(cfg), callbacks=callbacks,
+            logging_config=ray.train.LoggingConfig(log_level=quiet.train_log_level()),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                          checkpoint_score_attribute="wer" if cfg.data.eval else None,

@@ -24,10 +24,14 @@ QUIET_ENV = {
 QUIET_LOGGERS = ("ray._private.authentication", "DeepSpeed", "torch.distributed")
 
 
+QUIET_FLAG = "RAY_ASR_QUIET"  # set by the CLI without --verbose; a local Ray's workers (Tune trials) inherit it
+
+
 def libraries(verbose: bool) -> None:
     """Quiets the libraries in this process and in a local Ray started after it; `verbose` leaves them be."""
     if verbose:
         return
+    os.environ[QUIET_FLAG] = "1"
     for name, value in QUIET_ENV.items():
         os.environ.setdefault(name, value)
     if "DS_ACCELERATOR" not in os.environ and not _has_cuda():
@@ -44,3 +48,8 @@ def _has_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def train_log_level() -> str:
+    """Ray Train's own log level for a run: its per-checkpoint and worker-group info lines only with --verbose."""
+    return "WARNING" if os.environ.get(QUIET_FLAG) == "1" else "INFO"
