@@ -25,9 +25,18 @@ def pytest_collection_modifyitems(config, items):
 def ray_local():
     # Ray's workers import functions defined in test modules by module name.
     path = os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")])
+    # Ray Train's controller notices a started, finished or failed worker group at its next poll (every 2 s
+    # by default); a dozen runs of a few seconds each wait on it. The controller takes this from the
+    # driver's environment, which the CLI runs started from these tests inherit.
+    before = os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = "0.5"
     # With the dashboard (loopback only): Ray Train's placement-group cleaner needs its state API.
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning",
              _node_ip_address="127.0.0.1",
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     yield
     ray.shutdown()
+    if before is None:
+        os.environ.pop("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S")
+    else:
+        os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = before
