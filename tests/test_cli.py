@@ -140,3 +140,17 @@ def test_a_mistyped_search_key_stops_on_the_driver(capsys):
     assert main(["tune", "configs/tune-smoke.yaml", "tune.space={train.warmup_stepz: {choice: [1, 2]}}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "tune.space.train.warmup_stepz: train.warmup_stepz: unknown key" in err
+
+
+@pytest.mark.parametrize(("errors", "code", "says"), [
+    ([True, True], 3, "ray-asr tune: every trial failed (2 of 2)"),
+    ([True, False], 0, "ray-asr tune: 1 of 2 trials failed"),
+    ([False, False], 0, ""),
+])
+def test_tune_exits_non_zero_when_every_trial_failed(tmp_path, monkeypatch, capsys, errors, code, says):
+    from ray_asr import tune
+
+    monkeypatch.setattr(tune, "run", lambda cfg: [{"trial_id": str(i), "error": e} for i, e in enumerate(errors)])
+    assert main(["tune", "configs/tune-smoke.yaml", f"output_dir={tmp_path}"]) == code
+    err = capsys.readouterr().err
+    assert err.startswith(says) and err.count("\n") == (1 if says else 0)
