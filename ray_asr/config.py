@@ -337,6 +337,8 @@ def auto_or(key: str, value: Any, ok: bool, rule: str) -> None:
 
 
 def _check_transforms(key: str, specs: list) -> None:
+    if not specs:
+        return  # no import of augment/ for a config without transforms (a script named augment.py may shadow it)
     from augment import REGISTRY
 
     for i, spec in enumerate(specs):
