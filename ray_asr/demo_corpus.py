@@ -14,14 +14,13 @@ Clips are FLAC at eSpeak's native 22.05 kHz, so the pipeline's resampling is exe
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from tqdm import tqdm
 
+from ray_asr import progress
 from ray_asr.tts import EspeakSynth, Voice
 
 DRUGS = (
@@ -196,13 +195,13 @@ def build(out_dir: str | Path, size: CorpusSize = CorpusSize(), seed: int = 0) -
     manifests = {}
     for split, items in sentences(size, seed).items():
         path = out_dir / f"{split}.jsonl"
-        with open(path, "w", encoding="utf-8") as manifest:
-            for i, (text, voice) in enumerate(tqdm(items, desc=f"demo corpus: {split}", unit="clip", file=sys.stderr,
-                                                   mininterval=1.0 if sys.stderr.isatty() else 30.0)):
+        with open(path, "w", encoding="utf-8") as manifest, progress.bar(len(items), f"demo corpus: {split}", "clip") as bar:
+            for i, (text, voice) in enumerate(items):
                 wave = synth.say(text, voice)
                 clip = f"clips/{split}_{i:04d}.flac"
                 sf.write(out_dir / clip, wave, synth.sample_rate, subtype="PCM_16")
                 row = {"audio": clip, "text": text, "speaker": voice.name, "duration": round(len(wave) / synth.sample_rate, 3)}
                 manifest.write(json.dumps(row) + "\n")
+                bar.update(1)
         manifests[split] = path
     return manifests

@@ -14,7 +14,6 @@ from the last one (a finished run is not trained again).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import shutil
@@ -215,9 +214,8 @@ def score_base(cfg: Config, show_progress: bool = False) -> dict:
     cluster.connect(cfg.ray.address)
     cfg = layout.resolve(cfg)
     sink, mailbox = data.open_sink(None), Mailbox.remote()
-    channel = progress.Channel.remote() if show_progress else None
     try:
-        with progress.Display(channel) if channel else contextlib.nullcontext():
+        with progress.shown(show_progress) as channel:
             _fit(trainer(cfg, sink, score_to=mailbox, channel=channel))
         return ray.get(mailbox.get.remote())
     finally:
@@ -268,9 +266,8 @@ def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_
         # One overall bar per dataset; per-operator bars flood logs that are not a terminal (jobs, CI).
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
         sink = data.open_sink(cfg.quarantine_path)
-        channel = progress.Channel.remote() if show_progress else None
         try:
-            with progress.Display(channel) if channel else contextlib.nullcontext():
+            with progress.shown(show_progress) as channel:
                 result = _fit(trainer(cfg, sink, callbacks, base_row, channel=channel))
             _print_rejections(cfg, sink)
         finally:

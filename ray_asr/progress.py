@@ -22,6 +22,27 @@ POLL_S = 0.5  # how often the driver drains the channel: bars move smoothly, the
 NON_TTY_REFRESH_S = 30.0  # a log file gets a bar redraw every 30 s, not ten a second
 
 
+def bar(total: int, desc: str, unit: str, done: int = 0, stream=None):
+    """A tqdm bar on stderr that redraws often on a terminal and rarely into a log file."""
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    return tqdm(total=total, initial=done, desc=desc, unit=unit, file=stream, leave=True, dynamic_ncols=tty,
+                mininterval=0.5 if tty else NON_TTY_REFRESH_S, smoothing=0.1)
+
+
+@contextlib.contextmanager
+def shown(show: bool):
+    """A `Channel` whose events the driver draws while the block runs, or None when `show` is off."""
+    if not show:
+        yield None
+        return
+    channel = Channel.remote()
+    with Display(channel):
+        yield channel
+
+
 @ray.remote(num_cpus=0)
 class Channel:
     """Events from the workers, queued until the driver takes them."""
@@ -44,9 +65,9 @@ class Reporter:
     def __init__(self, channel=None, speaks: bool = True):
         self.channel, self.speaks = channel, speaks
 
-    def say(self, text: str, warning: bool = False) -> None:
-        """One line for the user (only the speaking rank's lines are shown)."""
-        if not self.speaks:
+    def say(self, text: str, warning: bool = False, every_rank: bool = False) -> None:
+        """One line for the user: the speaking rank's, or (`every_rank`) this rank's whatever it is."""
+        if not (self.speaks or every_rank):
             return
         (log.warning if warning else log.info)(text)
         if self.channel is not None:
@@ -97,13 +118,6 @@ class Display:
             except Exception:  # noqa: BLE001 (Ray shutting down under us: the run's own result says why)
                 return
 
-    def _bar(self, phase: str, total: int, unit: str, done: int):
-        from tqdm import tqdm
-
-        tty = self.stream.isatty()
-        return tqdm(total=total, initial=done, desc=phase, unit=unit, file=self.stream, leave=True, dynamic_ncols=tty,
-                    mininterval=0.5 if tty else NON_TTY_REFRESH_S, smoothing=0.1)
-
     def _close(self, phase: str) -> None:
         bar = self.bars.pop(phase, None)
         if bar is not None:
@@ -118,12 +132,12 @@ class Display:
             elif kind == "start":
                 phase, total, unit, done = args
                 self._close(phase)
-                self.bars[phase] = self._bar(phase, total, unit, done)
+                self.bars[phase] = bar(total, phase, unit, done, self.stream)
             elif kind == "advance" and args[0] in self.bars:
                 phase, amount, note = args
-                bar = self.bars[phase]
+                drawn = self.bars[phase]
                 if note:
-                    bar.set_postfix_str(note, refresh=False)
-                bar.update(amount)
+                    drawn.set_postfix_str(note, refresh=False)
+                drawn.update(amount)
             elif kind == "end":
                 self._close(args[0])

@@ -271,13 +271,12 @@ class Worker:
     def _after_step(self, epoch: int) -> None:
         """The bar moves and, every `train.log_every_steps`, the trackers get the running loss (the one host
         sync in the loop, and only with trackers on)."""
-        self.report.advance("train", 1, f"epoch {epoch + 1}/{self.cfg.train.epochs}, "
-                                        f"{self.clips * self.world / max(self.step_seconds, 1e-9):.2f} clips/s")
+        rate = self.clips * self.world / max(self.step_seconds, 1e-9)  # this rank's pace, for every rank
+        self.report.advance("train", 1, f"epoch {epoch + 1}/{self.cfg.train.epochs}, {rate:.2f} clips/s")
         every = self.cfg.train.log_every_steps
         if self.tracker.backends and every and self.state.step % every == 0 and self.loss_count:
-            self.tracker.scalars(self.state.step, {
-                "train_loss": float(self.loss_sum) / self.loss_count, "learning_rate": self.engine.get_lr()[0],
-                "train_clips_per_s": self.clips * self.world / max(self.step_seconds, 1e-9)})
+            self.tracker.scalars(self.state.step, {"train_loss": float(self.loss_sum) / self.loss_count,
+                                                   "learning_rate": self.engine.get_lr()[0], "train_clips_per_s": rate})
 
     def _watched(self, batches):
         return self.watchdog.watch(batches) if self.watchdog else batches
@@ -319,9 +318,9 @@ class Worker:
             return
         if not Path(marker).exists():
             Path(marker).write_text(f"rank {self.rank} exited at step {step}\n")
-            log.warning(f"[train] fault injection: rank {self.rank} exits at step {step}")
-            if self.report.channel is not None:  # the last rank is silent on the console; this one line it says
-                self.report.channel.put.remote("line", f"[train] fault injection: rank {self.rank} exits at step {step}")
+            # The last rank is silent on the console; this one line it says.
+            self.report.say(f"[train] fault injection: rank {self.rank} exits at step {step}", warning=True,
+                            every_rank=True)
             # Ray Train's controller collects reports when it polls (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
             # 2 s by default); a checkpoint is registered once every rank's report is in. Waiting past a poll
             # makes the injected death land after the last checkpoint is recorded, so recovery is repeatable.
@@ -337,7 +336,8 @@ class Worker:
         stream = ray.train.get_dataset_shard(split).iter_batches(batch_size=self.cfg.train.batch_size_per_worker,
                                                                  batch_format="numpy")
         batches = map(self.collate, self._watched(self.eval_cache.batches(split, stream)))
-        self.report.start(f"{split} (step {self.state.step})", self.plan.get("split_rows", {}).get(split, 0), "clip")
+        phase = f"{split} (step {self.state.step})"
+        self.report.start(phase, self.plan.get("split_rows", {}).get(split, 0), "clip")
         with torch.no_grad():
             for batch, real in lockstep(batches, self.dummy, self.control):
                 inputs = self._encoder_inputs(batch, split, real)
@@ -355,8 +355,8 @@ class Worker:
                     loss_sum += loss.item() * len(ids)
                     loss_n += len(ids)
                     rows += evaluate.rows(self.tokenizer, ids, runaway, batch["text"], batch["id"])
-                    self.report.advance(f"{split} (step {self.state.step})", len(ids), every_rank=True)
-        self.report.end(f"{split} (step {self.state.step})")
+                    self.report.advance(phase, len(ids), every_rank=True)
+        self.report.end(phase)
         first_pass = split not in self.eval_cache.settled
         kept = self.eval_cache.settle(split, self.device)
         if first_pass and self.rank == 0 and self.cfg.data.eval_cache_mb > 0:

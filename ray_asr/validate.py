@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
 import ray
-from tqdm import tqdm
 
-from ray_asr import config, data
+from ray_asr import config, data, progress
 
 POLL_S = 0.5  # how often the bar reads the sink's counts
 
@@ -27,9 +24,7 @@ def validate_split(cfg: config.Config, split: str, sink, enforce_limit: bool = T
     ray.data.DataContext.get_current().enable_progress_bars = False
     dataset = data.build_dataset(cfg, split, sink, enforce_limit)
     done = _drain.remote(dataset)
-    tty = sys.stderr.isatty()
-    with tqdm(total=ray.get(sink.planned_rows.remote(split)), desc=f"validate {split}", unit="row", file=sys.stderr,
-              mininterval=0.5 if tty else 30.0) as bar:
+    with progress.bar(ray.get(sink.planned_rows.remote(split)), f"validate {split}", "row") as bar:
         while True:
             finished, _ = ray.wait([done], timeout=POLL_S)
             counts = ray.get(sink.summary.remote(split))
