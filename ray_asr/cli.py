@@ -16,14 +16,6 @@ EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2,
 RESUMABLE = ("finetune", "tune", "demo")  # commands whose rerun picks up from the last checkpoint
 
 
-def _not_yet(name: str):
-    def run(_args) -> int:
-        print(f"ray-asr {name}: not implemented yet", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
-    return run
-
-
 def _finetune(args) -> int:
     from ray_asr import builtin, cluster, config, finetune
 
@@ -51,25 +43,99 @@ def _tune(args) -> int:
     return EXIT_OK
 
 
-def _evaluate(args) -> int:
-    from ray_asr.evaluate import evaluate_source
-    from ray_asr.sources import SourceError
+def _print_report(report: dict) -> None:
+    from ray_asr.metrics import RATE_KEYS
 
-    try:
-        report = evaluate_source(args.model_dir, args.manifest, args.batch_size)
-    except (SourceError, FileNotFoundError, OSError, ValueError) as err:
-        print(f"ray-asr evaluate: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, ensure_ascii=False)
     keys = ("wer", "cer", "substitutions", "deletions", "insertions", "num_utterances", "runaway_outputs",
             "repetition_rate")
     for key in keys:
         value = report[key]
-        print(f"{key:<18}{value:>10.2%}" if key in ("wer", "cer", "repetition_rate") else f"{key:<18}{value:>10}")
+        print(f"{key:<18}{value:>10.2%}" if key in RATE_KEYS else f"{key:<18}{value:>10}")
     if report["rejected"]:
         print(f"rejected rows: {report['rejected']}")
+
+
+def _write_json(path: str, value) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1, ensure_ascii=False)
+
+
+def _evaluate(args) -> int:
+    from ray_asr import evaluate, vocabulary
+    from ray_asr.sources import SourceError
+
+    try:
+        if (args.compare_vocabulary or args.robustness) and args.num_workers:
+            raise ValueError("--num-workers evaluates one model on one set; --compare-vocabulary and --robustness "
+                             "run in this process")
+        if args.compare_vocabulary:
+            if not args.base:
+                raise ValueError("--compare-vocabulary needs --base BASE_MODEL_DIR (the model before fine-tuning)")
+            table = evaluate.compare_vocabulary(args.model_dir, args.base, args.manifest,
+                                                vocabulary.read_terms(args.compare_vocabulary), args.batch_size,
+                                                args.language)
+            print(vocabulary.markdown(table), end="")
+            if args.out:
+                _write_json(args.out, table)
+            return EXIT_OK
+        if args.robustness:
+            from ray_asr import robustness
+
+            conditions = robustness.parse(args.robustness)
+            models = {"base": args.base, "fine-tuned": args.model_dir} if args.base else {args.model_dir: args.model_dir}
+            rows = robustness.run(models, args.manifest, conditions, args.denoise, args.seed, args.batch_size,
+                                  args.language)
+            written = robustness.write(rows, args.out or "robustness.json")
+            print(robustness.markdown(rows), end="")
+            print("wrote " + ", ".join(str(path) for path in written.values()))
+            return EXIT_OK
+        prompt = vocabulary.prompt_text(args.prompt, args.vocabulary)
+        if args.num_workers:
+            from ray_asr import batch_eval, cluster
+
+            batch_eval.check(args.model_dir, args.manifest)
+            cluster.connect(log_to_driver=args.verbose)
+            report = batch_eval.evaluate(args.model_dir, args.manifest, args.num_workers, args.use_gpu,
+                                         args.batch_size, args.language, prompt)
+        else:
+            report = evaluate.evaluate_source(args.model_dir, args.manifest, args.batch_size, args.language, prompt)
+    except (SourceError, FileNotFoundError, OSError, ValueError) as err:
+        print(f"ray-asr evaluate: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.out:
+        _write_json(args.out, report)
+    _print_report(report)
+    return EXIT_OK
+
+
+def _vocabulary_options(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--prompt", help="text given to Whisper as the previous text (custom vocabulary)")
+    group.add_argument("--vocabulary", help="file of domain terms, one a line, given to Whisper as a prompt")
+
+
+def _transcribe(args) -> int:
+    from ray_asr import transcribe, vocabulary
+
+    try:
+        prompt = vocabulary.prompt_text(args.prompt, args.vocabulary)
+        failed = transcribe.run(args.model_dir, args.audio, fmt=args.format, out=args.out, prompt=prompt,
+                                language=args.language, batch_size=args.batch_size)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ray-asr transcribe: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
+def _export(args) -> int:
+    from ray_asr import export
+
+    try:
+        out = export.export(args.run_dir, args.format, args.out, args.quantization)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"ray-asr export: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"wrote {out}")
     return EXIT_OK
 
 
@@ -151,19 +217,38 @@ def parser() -> argparse.ArgumentParser:
     p = command("evaluate", help="WER/CER of a model on a manifest")
     p.add_argument("model_dir")
     p.add_argument("manifest")
-    p.add_argument("--out")
+    p.add_argument("--out", help="the report (JSON); with --robustness also its .md table and .png plot beside it")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--language", help="default: the model's generation config")
+    _vocabulary_options(p)
+    p.add_argument("--base", help="the model before fine-tuning, for --compare-vocabulary and --robustness")
+    p.add_argument("--compare-vocabulary", metavar="FILE",
+                   help="terms file: WER of base and fine-tuned, each without and with the terms as a prompt")
+    p.add_argument("--robustness", nargs="+", metavar="KEY=VALUES",
+                   help="conditions: snr=0,5,10,20 noise=white,pink,NOISE_FILES echo=0.3,0.8 (RT60 s)")
+    p.add_argument("--denoise", action="store_true", help="with --robustness: also each condition after noisereduce")
+    p.add_argument("--seed", type=int, default=0, help="the corruption's seed (--robustness)")
+    p.add_argument("--num-workers", type=int, default=0,
+                   help="evaluate as Ray Data batch inference on N model replicas (default: in this process)")
+    p.add_argument("--use-gpu", action="store_true", help="with --num-workers: one GPU per replica")
     p.set_defaults(run=_evaluate)
-    p = command("transcribe", help="transcribe audio files")
+    p = command("transcribe", help="transcribe audio files of any length, rate and channel count")
     p.add_argument("model_dir")
     p.add_argument("audio", nargs="+")
-    p.add_argument("--prompt")
-    p.set_defaults(run=_not_yet("transcribe"))
-    p = command("export", help="export a run or checkpoint")
-    p.add_argument("run_dir")
+    p.add_argument("--format", choices=("text", "json", "srt", "vtt"), default="text")
+    p.add_argument("--out", help="write one file per input here (default: text to stdout, other formats next to "
+                                 "each input)")
+    _vocabulary_options(p)
+    p.add_argument("--language", help="default: the model's generation config")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together")
+    p.set_defaults(run=_transcribe)
+    p = command("export", help="export a run or model folder (HF safetensors or CTranslate2)")
+    p.add_argument("run_dir", help="a finetune output_dir (its model/ is exported) or a Whisper model folder")
     p.add_argument("--format", choices=("hf", "ct2"), required=True)
     p.add_argument("--out", required=True)
-    p.set_defaults(run=_not_yet("export"))
+    p.add_argument("--quantization", choices=("int8", "int8_float16", "float16", "float32"),
+                   help="CTranslate2 weight type (default: float32, as trained)")
+    p.set_defaults(run=_export)
 
     p = command("validate", help="check a manifest with the training pipeline's own code")
     p.add_argument("manifest")

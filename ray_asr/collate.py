@@ -18,10 +18,10 @@ from ray_asr.features import log_mel, spec_augment
 IGNORE_INDEX = -100  # label value that cross-entropy skips
 
 
-def pad_labels(label_lists, pad_to: int | None = None) -> torch.Tensor:
-    """`[list of ids]` → `(batch, longest)` int64, padding with -100 (not to 448)."""
+def pad_labels(label_lists, pad_to: int | None = None, fill: int = IGNORE_INDEX) -> torch.Tensor:
+    """`[list of ids]` → `(batch, longest)` int64, padding with `fill` (-100; not to 448)."""
     longest = max(len(ids) for ids in label_lists)
-    out = torch.full((len(label_lists), pad_to or longest), IGNORE_INDEX, dtype=torch.long)
+    out = torch.full((len(label_lists), pad_to or longest), fill, dtype=torch.long)
     for i, ids in enumerate(label_lists):
         out[i, : len(ids)] = torch.as_tensor(np.asarray(ids, dtype=np.int64))
     return out
@@ -33,6 +33,46 @@ def stack_waves(waves) -> torch.Tensor:
     for i, wave in enumerate(waves):
         stacked[i, : len(wave)] = wave
     return torch.from_numpy(stacked)
+
+
+@dataclass
+class PromptMaker:
+    """Prompted decoder inputs and labels: `<|startofprev|> terms <|startoftranscript|> labels`, the prompt masked.
+
+    Whisper builds decoder inputs by shifting the labels right behind the start token; with a prompt in
+    front the inputs are given explicitly, and every label position up to the start token is -100, so
+    the loss is the transcript's alone.
+    """
+
+    terms: list[str]
+    """Domain terms (`train.prompt_vocabulary.file`)."""
+    p: float
+    """Share of clips prompted."""
+    distractors: int
+    """Terms the clip does not say added to each prompt."""
+    tokenizer: object
+    """The run's `labels.LabelTokenizer` (its byte-level BPE encodes the prompt)."""
+    start_id: int
+    """`<|startoftranscript|>` (the decoder start token)."""
+
+    def __call__(self, label_lists, texts, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        from ray_asr import labels, vocabulary
+
+        backend, eos = self.tokenizer.backend, self.tokenizer.eos_token_id
+        startofprev = backend.token_to_id("<|startofprev|>")
+        inputs, targets = [], []
+        for ids, text in zip(label_lists, texts, strict=True):
+            ids = [int(i) for i in ids]
+            prompt = []
+            if rng.random() < self.p:
+                prompt = vocabulary.prompt_ids(backend, startofprev,
+                                               vocabulary.training_prompt(self.terms, str(text), rng, self.distractors))
+                room = labels.MAX_TARGET_TOKENS - 1 - len(ids)  # the sequence below stays within 448 positions
+                prompt = [startofprev, *prompt[1:][-(room - 1):]] if room > 1 else []
+            sequence = [*prompt, self.start_id, *ids]
+            inputs.append(sequence[:-1])
+            targets.append([IGNORE_INDEX] * len(prompt) + ids)
+        return pad_labels(inputs, fill=eos), pad_labels(targets)
 
 
 @dataclass
@@ -52,25 +92,34 @@ class WhisperCollator(NumpyBatchCollateFn):
     """Seed of the SpecAugment generator (give each worker its own, e.g. seed + rank)."""
     keep: tuple = ()
     """Columns passed through as Python lists (e.g. `("id", "text")` for evaluation)."""
+    prompts: PromptMaker | None = None
+    """Puts a custom-vocabulary prompt before some clips' labels (`train.prompt_vocabulary`); training split only."""
 
     def __post_init__(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
+        self._rng = np.random.default_rng(self.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         stacked = stack_waves([from_wire(buffer, self.wire_dtype) for buffer in batch["audio"]])
         features = log_mel(stacked.to(self.device), self.n_mels)  # (batch, n_mels, 3000)
         if self.spec_augment is not None:
             features = spec_augment(features, self._generator, **self.spec_augment)
-        out = {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}
+        if self.prompts is not None:
+            inputs, targets = self.prompts(batch["labels"], batch["text"], self._rng)
+            out = {"input_features": features, "decoder_input_ids": inputs.to(self.device),
+                   "labels": targets.to(self.device)}
+        else:
+            out = {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}
         out.update((name, batch[name].tolist()) for name in self.keep)
         return out
 
 
 def for_splits(n_mels: int, wire_dtype: str, device, spec_augment: dict | None, seed: int,
-               keep: tuple = ("id", "text")) -> tuple[WhisperCollator, WhisperCollator]:
-    """The training split's collator (SpecAugment when configured) and the evaluation splits' (never)."""
+               keep: tuple = ("id", "text"), prompts: PromptMaker | None = None) -> tuple[WhisperCollator, WhisperCollator]:
+    """The training split's collator (SpecAugment, vocabulary prompts when configured) and the evaluation splits'
+    (never: they score the clips as they are)."""
     plain = WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep)
-    if spec_augment is None:
+    if spec_augment is None and prompts is None:
         return plain, plain
     return WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep, spec_augment=spec_augment,
-                           seed=seed), plain
+                           seed=seed, prompts=prompts), plain

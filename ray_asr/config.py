@@ -192,6 +192,10 @@ class TrainConfig:
     report_to: list = field(default_factory=list)
     """Experiment trackers rank 0 writes scalars to: `tensorboard` (event files in `<output_dir>/tensorboard`)
     and/or `mlflow` (`pip install mlflow`; `MLFLOW_TRACKING_URI` picks the server, default `<output_dir>/mlruns`)."""
+    prompt_vocabulary: dict | None = None
+    """Custom vocabulary in training: `{file: terms.txt, p: 0.5, distractors: 3}` puts a prompt of domain terms
+    (`<|startofprev|> term, term`) before a share `p` of the training labels, masked from the loss: the terms the
+    clip says plus `distractors` it does not, so the model learns to use a prompt, not copy it. None = off."""
     log_every_steps: int = 10
     """Trackers get the training loss, learning rate and samples/s every N optimizer steps (and everything at
     each evaluation); 0 = at evaluations only."""
@@ -215,6 +219,7 @@ class TrainConfig:
              self.run_name)
         need(self.fail_at_step >= 0, "train.fail_at_step", "must be >= 0", self.fail_at_step)
         _check_spec_augment(self.spec_augment)
+        _check_prompt_vocabulary(self.prompt_vocabulary)
         need(self.log_every_steps >= 0, "train.log_every_steps", "must be >= 0", self.log_every_steps)
         need(isinstance(self.report_to, list), "train.report_to", "must be a list such as [tensorboard]", self.report_to)
         self.deepspeed.check()
@@ -354,6 +359,27 @@ def _check_resources(key: str, resources: dict) -> None:
              "CPUs and GPUs have their own keys (cpus/num_cpus, use_gpu); name a custom resource", name)
         need(isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0, f"{key}.{name}",
              "must be a number > 0", amount)
+
+
+PROMPT_VOCABULARY_KEYS = ("file", "p", "distractors")
+
+
+def _check_prompt_vocabulary(spec: dict | None) -> None:
+    if spec is None:
+        return
+    need(isinstance(spec, dict) and "file" in spec, "train.prompt_vocabulary", "must be {file: terms.txt, p: 0.5}",
+         spec)
+    for name, value in spec.items():
+        key = f"train.prompt_vocabulary.{name}"
+        need(name in PROMPT_VOCABULARY_KEYS, key, f"unknown key (known: {', '.join(PROMPT_VOCABULARY_KEYS)})", name)
+        if name == "file":
+            need(isinstance(value, str) and Path(value).is_file(), key, "must be a file of terms, one a line", value)
+        elif name == "p":
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1, key,
+                 "must be in [0, 1]", value)
+        else:
+            need(isinstance(value, int) and not isinstance(value, bool) and value >= 0, key, "must be an int >= 0",
+                 value)
 
 
 def _check_spec_augment(spec: dict | None) -> None:

@@ -7,6 +7,9 @@ instead of spending 448 decoder steps per clip.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
 from ray_asr.collate import IGNORE_INDEX
@@ -25,7 +28,7 @@ def token_limits(labels: torch.Tensor) -> list[int]:
 
 @torch.no_grad()
 def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = False, max_new_tokens: int | None = None,
-             language: str | None = None, task: str | None = None, **inputs):
+             language: str | None = None, task: str | None = None, prompt_ids: torch.Tensor | None = None, **inputs):
     """Greedy transcripts' token ids (prompt removed, cut at end-of-text) and whether each ran away.
 
     `inputs`: `input_features` (log-mel), or `encoder_outputs` already computed (evaluation during
@@ -33,13 +36,18 @@ def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = Fa
     `max_new_tokens` (default: the largest limit), and each clip is then judged against its own
     limit, so results do not depend on which clips share a batch. `synced_gpus` keeps every rank
     stepping the decoder until all ranks finish (ZeRO-3 gathers parameters collectively on each
-    forward, so a rank that stopped early would hang the rest).
+    forward, so a rank that stopped early would hang the rest). `prompt_ids` (`<|startofprev|>` and
+    the terms' tokens) is Whisper's previous-text prompt: custom vocabulary.
     """
     prompt = {key: value for key, value in (("language", language), ("task", task)) if value}
+    if prompt_ids is not None:
+        prompt["prompt_ids"] = prompt_ids
     out = model.generate(**inputs, **prompt, max_new_tokens=max_new_tokens or max(limits), synced_gpus=synced_gpus,
                          return_dict_in_generate=True)
+    # The returned sequences start with the previous-text prompt, then the 4 start tokens.
+    skip = PROMPT_TOKENS + (len(prompt_ids) if prompt_ids is not None else 0)
     ids, runaway = [], []
-    for row, limit in zip(out.sequences[:, PROMPT_TOKENS:].tolist(), limits, strict=True):
+    for row, limit in zip(out.sequences[:, skip:].tolist(), limits, strict=True):
         row = row[:limit]
         stop = row.index(eos_token_id) if eos_token_id in row else None
         ids.append(row[:stop])
@@ -54,40 +62,117 @@ def rows(tokenizer, ids: list[list[int]], runaway: list[bool], references: list[
             for i, ref, tokens, run in zip(row_ids, references, ids, runaway, strict=True)]
 
 
-def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: str | None = None) -> dict:
+@dataclass
+class Clip:
+    """One accepted evaluation row, decoded and tokenised by the training pipeline's own `prepare`."""
+
+    id: str
+    text: str
+    wave: np.ndarray
+    labels: list[int]
+
+
+def read_clips(source: str, tokenizer, max_duration_s: float = 30.0) -> tuple[list[Clip], dict[str, int]]:
+    """The accepted clips of a manifest (or any source `sources` reads) and the rejected rows' count by reason."""
+    from ray_asr import sources
+    from ray_asr.audio import Rejected
+    from ray_asr.prepare import prepare
+
+    accepted, rejected = [], {}
+    for row in sources.read_all(source):
+        try:
+            wave, ids = prepare(row, tokenizer, max_duration_s)
+        except Rejected as err:
+            rejected[err.reason] = rejected.get(err.reason, 0) + 1
+            continue
+        accepted.append(Clip(row["id"], row["text"].strip(), wave, ids))
+    return accepted, dict(sorted(rejected.items()))
+
+
+class Scorer:
+    """A model loaded once for scoring many clip sets (conditions, prompts) in this process."""
+
+    def __init__(self, model_dir: str, language: str | None = None, batch_size: int = 8):
+        from transformers.utils import logging as hf_logging
+
+        from ray_asr import labels
+        from ray_asr.model import load
+
+        hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
+        self.model_dir, self.batch_size = model_dir, batch_size
+        self.model = load(model_dir).eval()
+        config = self.model.generation_config
+        # The code, not the name transformers saves ("english"): it picks the tokenizer's prompt and the normaliser.
+        self.language = labels.language_code(language or config.language or "en")
+        self.tokenizer = labels.load_tokenizer(model_dir, self.language, config.task or "transcribe")
+
+    def prompt_ids(self, prompt: str | None) -> torch.Tensor | None:
+        from ray_asr import vocabulary
+
+        if not prompt:
+            return None
+        backend = self.tokenizer.backend
+        return torch.tensor(vocabulary.prompt_ids(backend, backend.token_to_id("<|startofprev|>"), prompt))
+
+    def rows(self, clips: list[Clip], prompt: str | None = None, transform=None) -> list[dict]:
+        """Per-utterance rows for `clips`, each wave first passed through `transform(wave, clip)` if given."""
+        from ray_asr.collate import pad_labels, stack_waves
+        from ray_asr.features import log_mel
+
+        prompt_ids = self.prompt_ids(prompt)
+        out = []
+        for start in range(0, len(clips), self.batch_size):
+            chunk = clips[start : start + self.batch_size]
+            waves = [transform(c.wave, c) if transform else c.wave for c in chunk]
+            features = log_mel(stack_waves(waves), self.model.config.num_mel_bins)
+            limits = token_limits(pad_labels([c.labels for c in chunk]))
+            if prompt_ids is not None:  # the prompt takes decoder positions from the transcript
+                limits = [max(1, min(limit, MAX_TARGET_TOKENS - PROMPT_TOKENS - len(prompt_ids))) for limit in limits]
+            ids, runaway = generate(self.model, limits, self.tokenizer.eos_token_id, prompt_ids=prompt_ids,
+                                    input_features=features)
+            out += rows(self.tokenizer, ids, runaway, [c.text for c in chunk], [c.id for c in chunk])
+        return out
+
+    def report(self, clips: list[Clip], prompt: str | None = None, transform=None) -> dict:
+        from ray_asr import metrics
+
+        per_utterance = self.rows(clips, prompt, transform)
+        return {**metrics.report(per_utterance, self.language), "per_utterance": per_utterance}
+
+
+def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: str | None = None,
+                    prompt: str | None = None) -> dict:
     """`ray-asr evaluate`: WER/CER and hallucination counts of a model on a manifest, in this process.
 
     Rows go through the training pipeline's own checks (`prepare`); rejected ones are counted by
     reason, not scored. Returns the metrics plus `rejected` and `per_utterance`.
     """
-    from transformers.utils import logging as hf_logging
+    scorer = Scorer(model_dir, language, batch_size)
+    clips, rejected = read_clips(source, scorer.tokenizer)
+    report = scorer.report(clips, prompt)
+    return {**{k: v for k, v in report.items() if k != "per_utterance"}, "rejected": rejected,
+            "per_utterance": report["per_utterance"]}
 
-    from ray_asr import labels, metrics, sources
-    from ray_asr.audio import Rejected
-    from ray_asr.collate import pad_labels, stack_waves
-    from ray_asr.features import log_mel
-    from ray_asr.model import load
-    from ray_asr.prepare import prepare
 
-    hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
-    model = load(model_dir).eval()
-    # The code, not the name transformers saves ("english"): it picks the tokenizer's prompt and the normaliser.
-    language = labels.language_code(language or model.generation_config.language or "en")
-    tokenizer = labels.load_tokenizer(model_dir, language, model.generation_config.task or "transcribe")
-    accepted, rejected = [], {}
-    for row in sources.read_all(source):
-        try:
-            wave, ids = prepare(row, tokenizer, 30.0)
-        except Rejected as err:
-            rejected[err.reason] = rejected.get(err.reason, 0) + 1
-            continue
-        accepted.append((row["id"], row["text"].strip(), wave, ids))
-    per_utterance = []
-    for start in range(0, len(accepted), batch_size):
-        chunk = accepted[start : start + batch_size]
-        features = log_mel(stack_waves([wave for _, _, wave, _ in chunk]), model.config.num_mel_bins)
-        limits = token_limits(pad_labels([ids for *_, ids in chunk]))
-        ids, runaway = generate(model, limits, tokenizer.eos_token_id, input_features=features)
-        per_utterance += rows(tokenizer, ids, runaway, [text for _, text, _, _ in chunk], [i for i, *_ in chunk])
-    report = metrics.report(per_utterance, language)
-    return {**report, "rejected": dict(sorted(rejected.items())), "per_utterance": per_utterance}
+VOCABULARY_ROWS = ("base", "base + vocabulary", "fine-tuned", "fine-tuned + vocabulary")
+
+
+def compare_vocabulary(model_dir: str, base_dir: str, source: str, terms: list[str], batch_size: int = 8,
+                       language: str | None = None) -> list[dict]:
+    """Custom vocabulary against fine-tuning, measured: WER/CER of base and fine-tuned, each without and with the
+    terms as a prompt, plus how many of the terms said in the references each recognises (`term_recall`)."""
+    from ray_asr import vocabulary
+
+    prompt = vocabulary.SEPARATOR.join(terms)
+    table = []
+    clips = None
+    for name, folder in (("base", base_dir), ("fine-tuned", model_dir)):
+        scorer = Scorer(folder, language, batch_size)
+        if clips is None:
+            clips, _ = read_clips(source, scorer.tokenizer)
+        for with_prompt in (False, True):
+            report = scorer.report(clips, prompt if with_prompt else None)
+            table.append({"model": name + (" + vocabulary" if with_prompt else ""),
+                          **{k: report[k] for k in ("wer", "cer", "num_utterances")},
+                          "term_recall": vocabulary.term_recall(terms, report["per_utterance"])})
+    return table

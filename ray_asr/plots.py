@@ -1,4 +1,4 @@
-"""PNG plots users look at: training curves of a run, WER against learning rate of a search."""
+"""PNG plots users look at: training curves of a run, WER against learning rate of a search, WER under noise."""
 
 from __future__ import annotations
 
@@ -57,6 +57,42 @@ def search(rows: list[dict], out: Path) -> Path:
     ax.set(xlabel="learning rate", ylabel="eval WER % (last evaluation)", title="search")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def robustness(rows: list[dict], out: Path) -> Path:
+    """WER against SNR, one panel per noise (and one against RT60 for echo); a line per model, dashed with denoise."""
+    plt = _pyplot()
+    noises = list(dict.fromkeys(r["noise"] for r in rows if r["noise"] is not None))
+    panels = [("noise", n) for n in noises] + ([("echo", None)] if any(r["rt60_s"] is not None for r in rows) else [])
+    panels = panels or [("clean", None)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    lines = list(dict.fromkeys((r["model"], r["denoise"]) for r in rows))
+    colours = {model: f"C{i}" for i, model in enumerate(dict.fromkeys(m for m, _ in lines))}
+    for ax, (kind, noise) in zip(axes[0], panels, strict=True):
+        for model, cleaned in lines:
+            mine = [r for r in rows if r["model"] == model and r["denoise"] == cleaned]
+            if kind == "noise":
+                points = sorted((r["snr_db"], r["wer"]) for r in mine if r["noise"] == noise)
+                ax.set(xlabel="SNR (dB)", title=f"{Path(noise).name} noise")
+            else:
+                points = sorted((r["rt60_s"], r["wer"]) for r in mine if r["rt60_s"] is not None)
+                ax.set(xlabel="RT60 (s)", title="echo")
+            clean = next((r["wer"] for r in mine if r["condition"] == "clean"), None)
+            label = model + (" + denoise" if cleaned else "")
+            if points:
+                ax.plot([x for x, _ in points], [100 * y for _, y in points], marker="o", color=colours[model],
+                        linestyle="--" if cleaned else "-", label=label)
+            if clean is not None:
+                ax.axhline(100 * clean, color=colours[model], linestyle=":" if cleaned else "-.", alpha=0.5,
+                           linewidth=1)
+        ax.set(ylabel="WER %")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("WER under noise and echo (horizontal lines: clean)")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

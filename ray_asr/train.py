@@ -102,7 +102,8 @@ class Worker:
         n_mels = self.engine.module.config.num_mel_bins
         # Each rank masks with its own generator (seed + a prime stride per rank).
         self.train_collate, self.collate = collate.for_splits(n_mels, self.cfg.data.wire_dtype, self.device,
-                                                              self.cfg.train.spec_augment, self.cfg.train.seed + 7919 * self.rank)
+                                                              self.cfg.train.spec_augment, self.cfg.train.seed + 7919 * self.rank,
+                                                              prompts=self._prompts())
         self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
         self.state = RunState()
         self.loss_sum, self.loss_count, self.steps_run = torch.zeros((), device=self.device), 0, 0
@@ -112,6 +113,17 @@ class Worker:
         self.watchdog = Watchdog(self._stall_message, warn=lambda text: self.report.say(text, warning=True)) \
             if self.rank == 0 else None
         self.tracker = self._tracker()
+
+    def _prompts(self) -> collate.PromptMaker | None:
+        """`train.prompt_vocabulary` as the training collator's prompt maker, or None."""
+        from ray_asr import vocabulary
+
+        spec = self.cfg.train.prompt_vocabulary
+        if not spec:
+            return None
+        return collate.PromptMaker(vocabulary.read_terms(spec["file"]), float(spec.get("p", 0.5)),
+                                   int(spec.get("distractors", 3)), self.tokenizer,
+                                   self.engine.module.config.decoder_start_token_id)
 
     def _precision(self) -> str:
         """`train.precision`, `auto` resolved the same on every rank (bf16 only if every rank has it natively)."""
@@ -297,7 +309,9 @@ class Worker:
         started = time.perf_counter()
         self.engine.train()
         before = self.engine.global_steps
-        out = self.engine(**self._encoder_inputs(batch, "train", real), labels=batch["labels"], use_cache=False)
+        prompted = {"decoder_input_ids": batch["decoder_input_ids"]} if "decoder_input_ids" in batch else {}
+        out = self.engine(**self._encoder_inputs(batch, "train", real), **prompted, labels=batch["labels"],
+                          use_cache=False)
         self.engine.backward(out.loss if real else out.loss * 0.0)
         self.engine.step()
         if real:
