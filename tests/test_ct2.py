@@ -153,8 +153,8 @@ def test_bad_folders_are_named(tmp_path):
 
 
 @pytest.mark.slow
-def test_pypi_whisper_base_transcribes_shipped_speech(tmp_path):
-    out = ct2.import_ct2("pypi:base", tmp_path / "whisper-base")
+def test_pypi_whisper_base_transcribes_shipped_speech(whisper_base):
+    out = whisper_base
     model = WhisperForConditionalGeneration.from_pretrained(out, attn_implementation="sdpa").eval()
     processor = WhisperProcessor.from_pretrained(out)
     assert model.config.encoder_layers == 6 and model.config.d_model == 512
