@@ -65,6 +65,11 @@ def _evaluate(args) -> int:
     from ray_asr.sources import SourceError
 
     try:
+        if (args.compare_vocabulary or args.robustness) and (args.prompt or args.vocabulary):
+            raise ValueError("--prompt/--vocabulary apply to one evaluation; --compare-vocabulary takes the terms "
+                             "file itself, and --robustness scores without a prompt")
+        if args.compare_vocabulary and args.robustness:
+            raise ValueError("give --compare-vocabulary or --robustness, not both (two reports)")
         if (args.compare_vocabulary or args.robustness) and args.num_workers:
             raise ValueError("--num-workers evaluates one model on one set; --compare-vocabulary and --robustness "
                              "run in this process")

@@ -120,3 +120,9 @@ def test_from_dict_leaves_the_callers_mapping_alone():
 def test_spec_augment_settings_are_checked(spec, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)):
         config.from_dict({"train": {"spec_augment": spec}})
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in Path(__file__).resolve().parents[1].glob("configs/**/*.yaml")))
+def test_every_shipped_config_loads_and_opens_with_its_command(path):
+    config.load(path)
+    assert Path(path).read_text().startswith("# ray-asr "), path
