@@ -103,6 +103,9 @@ def absolute_paths(values: dict) -> dict:
     for split in ("train", "eval", "general_eval"):
         if values["data"][split]:
             values["data"][split] = absolute(values["data"][split])
+    if values["train"].get("prompt_vocabulary"):
+        spec = values["train"]["prompt_vocabulary"] = dict(values["train"]["prompt_vocabulary"])
+        spec["file"] = absolute(spec["file"])
     return values
 
 

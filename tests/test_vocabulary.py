@@ -147,3 +147,12 @@ def test_the_recipe_terms_are_the_demo_corpus_drugs():
     from ray_asr.demo_corpus import DRUGS
 
     assert vocabulary.read_terms("configs/recipes/medications.txt") == list(DRUGS)
+
+
+def test_workers_get_the_terms_file_as_an_absolute_path():
+    """A Ray Train worker does not share the driver's working directory."""
+    from ray_asr import finetune
+
+    cfg = config.from_dict({"train": {"prompt_vocabulary": {"file": "configs/recipes/medications.txt", "p": 0.5}}})
+    spec = finetune.absolute_paths(config.to_dict(cfg))["train"]["prompt_vocabulary"]
+    assert Path(spec["file"]).is_absolute() and Path(spec["file"]).is_file() and spec["p"] == 0.5
