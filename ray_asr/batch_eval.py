@@ -31,9 +31,7 @@ class Recognizer:
         from ray_asr.evaluate import Scorer
 
         torch.set_num_threads(threads)  # its CPU share, not the node's core count
-        self.scorer = Scorer(model_dir, language, batch_size)
-        if use_gpu:
-            self.scorer.model.to("cuda")
+        self.scorer = Scorer(model_dir, language, batch_size, device="cuda" if use_gpu else "cpu")
         self.prompt, self.wire_dtype = prompt, wire_dtype
 
     def __call__(self, batch: dict) -> dict:

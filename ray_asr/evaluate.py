@@ -92,7 +92,7 @@ def read_clips(source: str, tokenizer, max_duration_s: float = 30.0) -> tuple[li
 class Scorer:
     """A model loaded once for scoring many clip sets (conditions, prompts) in this process."""
 
-    def __init__(self, model_dir: str, language: str | None = None, batch_size: int = 8):
+    def __init__(self, model_dir: str, language: str | None = None, batch_size: int = 8, device: str | None = None):
         from transformers.utils import logging as hf_logging
 
         from ray_asr import labels
@@ -100,7 +100,8 @@ class Scorer:
 
         hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
         self.model_dir, self.batch_size = model_dir, batch_size
-        self.model = load(model_dir).eval()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = load(model_dir).eval().to(self.device)
         config = self.model.generation_config
         # The code, not the name transformers saves ("english"): it picks the tokenizer's prompt and the normaliser.
         self.language = labels.language_code(language or config.language or "en")
@@ -112,7 +113,8 @@ class Scorer:
         if not prompt:
             return None
         backend = self.tokenizer.backend
-        return torch.tensor(vocabulary.prompt_ids(backend, backend.token_to_id("<|startofprev|>"), prompt))
+        return torch.tensor(vocabulary.prompt_ids(backend, backend.token_to_id("<|startofprev|>"), prompt),
+                            device=self.device)
 
     def rows(self, clips: list[Clip], prompt: str | None = None, transform=None) -> list[dict]:
         """Per-utterance rows for `clips`, each wave first passed through `transform(wave, clip)` if given."""
@@ -124,7 +126,7 @@ class Scorer:
         for start in range(0, len(clips), self.batch_size):
             chunk = clips[start : start + self.batch_size]
             waves = [transform(c.wave, c) if transform else c.wave for c in chunk]
-            features = log_mel(stack_waves(waves), self.model.config.num_mel_bins)
+            features = log_mel(stack_waves(waves).to(self.device), self.model.config.num_mel_bins)
             limits = token_limits(pad_labels([c.labels for c in chunk]))
             if prompt_ids is not None:  # the prompt takes decoder positions from the transcript
                 limits = [max(1, min(limit, MAX_TARGET_TOKENS - PROMPT_TOKENS - len(prompt_ids))) for limit in limits]
