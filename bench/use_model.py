@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 STEPS = ("vocabulary", "robustness", "ct2", "workers")
-CONDITIONS = "snr=0,5,10,20 noise=white,pink echo=0.5"
+CONDITIONS = "snr=0,5,10,20 noise=white echo=0.5"
 THREADS = os.cpu_count() or 1  # both engines get every core
 
 
