@@ -45,20 +45,22 @@ class Recognizer:
                                                                        "looping")}
 
 
+def _replica_room(cluster_cpus: float) -> float:
+    """The cluster's CPUs less the data tier's: what the replicas share."""
+    return cluster_cpus - data.READ_TASK_CPUS - PREPARE_CPUS
+
+
 def replica_cpus(num_workers: int, cluster_cpus: float) -> float:
     """CPUs each replica reserves: the cluster's CPUs less the data tier's, shared out (at most 1 each)."""
-    share = (cluster_cpus - data.READ_TASK_CPUS - PREPARE_CPUS) / num_workers
-    return min(1.0, share)
+    return min(1.0, _replica_room(cluster_cpus) / num_workers)
 
 
 def check(model_dir: str, source: str) -> None:
     """Fails in one line, before Ray starts, on a model folder or source that cannot be read."""
-    from pathlib import Path
-
     from ray_asr import sources
+    from ray_asr.model import require_folder
 
-    if not Path(model_dir, "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a Whisper model folder (no config.json)")
+    require_folder(model_dir)
     sources.plan(source)
 
 
@@ -84,7 +86,7 @@ def evaluate(model_dir: str, source: str, num_workers: int, use_gpu: bool = Fals
     if cpus < MIN_REPLICA_CPUS:
         raise ValueError(f"--num-workers {num_workers}: the cluster's {resources.get('CPU', 0):g} CPUs leave "
                          f"{max(cpus, 0):.2f} per replica; use at most "
-                         f"{max(1, int((resources.get('CPU', 0) - 0.5) / MIN_REPLICA_CPUS))} or add nodes")
+                         f"{max(1, int(_replica_room(resources.get('CPU', 0)) / MIN_REPLICA_CPUS))} or add nodes")
     generation = GenerationConfig.from_pretrained(model_dir)
     language = language_code(language or generation.language or "en")
     cfg = config.from_dict({"model": {"name_or_path": model_dir, "language": language,
@@ -111,7 +113,7 @@ def _stream(cfg, replica: dict, num_workers: int, cpus: float, gpus: int, channe
     sink = data.open_sink(None)
     try:
         ds = data.build_dataset(cfg, "eval", sink, enforce_limit=False)
-        total = data.ManifestDatasource(cfg.data.eval).num_rows
+        total = ray.get(sink.registered_rows.remote("eval"))
         ds = ds.map_batches(Recognizer, fn_constructor_kwargs=replica, batch_size=replica["batch_size"],
                             batch_format="numpy", concurrency=num_workers, num_cpus=cpus, num_gpus=gpus)
         if total:

@@ -44,11 +44,9 @@ def _tune(args) -> int:
 
 
 def _print_report(report: dict) -> None:
-    from ray_asr.metrics import RATE_KEYS
+    from ray_asr.metrics import METRIC_KEYS, RATE_KEYS
 
-    keys = ("wer", "cer", "substitutions", "deletions", "insertions", "num_utterances", "runaway_outputs",
-            "repetition_rate")
-    for key in keys:
+    for key in (key for key in METRIC_KEYS if key != "eval_loss"):  # the loss is a training-time figure
         value = report[key]
         print(f"{key:<18}{value:>10.2%}" if key in RATE_KEYS else f"{key:<18}{value:>10}")
     if report["rejected"]:

@@ -59,16 +59,15 @@ class PromptMaker:
         from ray_asr import labels, vocabulary
 
         backend, eos = self.tokenizer.backend, self.tokenizer.eos_token_id
-        startofprev = backend.token_to_id("<|startofprev|>")
         inputs, targets = [], []
         for ids, text in zip(label_lists, texts, strict=True):
             ids = [int(i) for i in ids]
             prompt = []
             if rng.random() < self.p:
-                prompt = vocabulary.prompt_ids(backend, startofprev,
+                prompt = vocabulary.prompt_ids(backend,
                                                vocabulary.training_prompt(self.terms, str(text), rng, self.distractors))
                 room = labels.MAX_TARGET_TOKENS - 1 - len(ids)  # the sequence below stays within 448 positions
-                prompt = [startofprev, *prompt[1:][-(room - 1):]] if room > 1 else []
+                prompt = [prompt[0], *prompt[1:][-(room - 1):]] if room > 1 else []
             sequence = [*prompt, self.start_id, *ids]
             inputs.append(sequence[:-1])
             targets.append([IGNORE_INDEX] * len(prompt) + ids)

@@ -113,6 +113,10 @@ class QuarantineSink:
         self.splits[split] = {"rows": total_rows, "limit": limit, "fraction": max_rejected_fraction,
                               "accepted": {}, "rejected": {}}
 
+    def registered_rows(self, split: str) -> int | None:
+        """The row count `register` was given for a split (None where the source cannot tell)."""
+        return self.splits[split]["rows"]
+
     def record(self, split: str, accepted: list[tuple[str, float]], rejected: list[dict]) -> str | None:
         """Adds a batch's outcome; returns an error message once the rejected share is too high."""
         state = self.splits[split]

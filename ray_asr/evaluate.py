@@ -112,9 +112,7 @@ class Scorer:
 
         if not prompt:
             return None
-        backend = self.tokenizer.backend
-        return torch.tensor(vocabulary.prompt_ids(backend, backend.token_to_id("<|startofprev|>"), prompt),
-                            device=self.device)
+        return torch.tensor(vocabulary.prompt_ids(self.tokenizer.backend, prompt), device=self.device)
 
     def rows(self, clips: list[Clip], prompt: str | None = None, transform=None) -> list[dict]:
         """Per-utterance rows for `clips`, each wave first passed through `transform(wave, clip)` if given."""
@@ -152,11 +150,8 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
     scorer = Scorer(model_dir, language, batch_size)
     clips, rejected = read_clips(source, scorer.tokenizer)
     report = scorer.report(clips, prompt)
-    return {**{k: v for k, v in report.items() if k != "per_utterance"}, "rejected": rejected,
-            "per_utterance": report["per_utterance"]}
-
-
-VOCABULARY_ROWS = ("base", "base + vocabulary", "fine-tuned", "fine-tuned + vocabulary")
+    per_utterance = report.pop("per_utterance")
+    return {**report, "rejected": rejected, "per_utterance": per_utterance}
 
 
 def compare_vocabulary(model_dir: str, base_dir: str, source: str, terms: list[str], batch_size: int = 8,

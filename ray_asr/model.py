@@ -19,6 +19,14 @@ def load(path: str, attn_implementation: str = "sdpa"):
     return WhisperForConditionalGeneration.from_pretrained(path, attn_implementation=attn_implementation)
 
 
+def require_folder(path: str) -> None:
+    """Fails in one line on a path that is not a Whisper model folder (before loading anything)."""
+    from pathlib import Path
+
+    if not Path(path, "config.json").is_file():
+        raise FileNotFoundError(f"{path} is not a Whisper model folder (no config.json)")
+
+
 def frozen_depth(train: TrainConfig, encoder_layers: int) -> int:
     """Encoder layers to freeze: the configured depth, or the strategy's default (all for `freeze`)."""
     if train.frozen_encoder_layers is not None:

@@ -28,6 +28,8 @@ DEFAULT_SNR_DB = (0.0, 5.0, 10.0, 20.0)  # from hard (speech as loud as the nois
 ECHO_DRR_DB = 0.0  # as much reverberant as direct energy: a talker a few metres off in a bare room
 DENOISE_STRENGTH = 1.0  # noisereduce removes all the noise it estimates: the setting a user would try first
 KEYS = ("snr", "noise", "echo")
+# `key=values` up to the next `key=` (after a space or a comma) or the end.
+SETTING = re.compile(rf"({'|'.join(KEYS)})=(.*?)(?=[ ,](?:{'|'.join(KEYS)})=|\s*$)")
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ def _floats(key: str, text: str) -> list[float]:
 def parse(spec: list[str] | str) -> list[Condition]:
     """Conditions of `--robustness` (`snr=0,5 noise=white,pink echo=0.3`, space- or comma-separated keys), clean first."""
     text = " ".join(spec) if isinstance(spec, list) else spec
-    found = dict(re.findall(rf"({'|'.join(KEYS)})=(.*?)(?=[ ,](?:{'|'.join(KEYS)})=|\s*$)", text.strip()))
-    leftover = re.sub(rf"({'|'.join(KEYS)})=(.*?)(?=[ ,](?:{'|'.join(KEYS)})=|\s*$)", "", text).strip(" ,")
+    found = dict(SETTING.findall(text.strip()))
+    leftover = SETTING.sub("", text).strip(" ,")
     if leftover or not found:
         raise ValueError(f"--robustness: cannot read {leftover or text!r} (expected snr=0,5,10 noise=white,pink echo=0.3)")
     conditions = [CLEAN]

@@ -61,8 +61,7 @@ class Transcriber:
         self.prompt_ids = None
         if prompt:
             tokenizer = labels.load_tokenizer(model_dir, self.language, self.task)
-            startofprev = tokenizer.backend.token_to_id("<|startofprev|>")
-            self.prompt_ids = torch.tensor(vocabulary.prompt_ids(tokenizer.backend, startofprev, prompt))
+            self.prompt_ids = torch.tensor(vocabulary.prompt_ids(tokenizer.backend, prompt))
 
     def features(self, waves: list[np.ndarray]) -> dict:
         """Log-mels: padded to 30 s when every clip fits one window, else to the longest (long-form decoding)."""
@@ -136,10 +135,10 @@ def run(model_dir: str, paths: list[str], fmt: str = "text", out: str | None = N
     A file that cannot be read costs one line on stderr; the others are still transcribed.
     """
     from ray_asr.audio import Rejected, load
+    from ray_asr.model import require_folder
     from ray_asr.progress import bar
 
-    if not Path(model_dir, "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} is not a Whisper model folder (no config.json)")
+    require_folder(model_dir)
     if batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
     waves: dict[int, np.ndarray] = {}

@@ -46,10 +46,12 @@ def prompt_text(prompt: str | None, vocabulary: str | Path | None) -> str | None
     return prompt.strip()
 
 
-def prompt_ids(backend, startofprev_id: int, text: str) -> list[int]:
-    """`<|startofprev|>` and the prompt's tokens (a leading space, as Whisper's own prompts), newest kept if long."""
+def prompt_ids(backend, text: str) -> list[int]:
+    """`<|startofprev|>` and the prompt's tokens (a leading space, as Whisper's own prompts), newest kept if long.
+
+    `backend`: a Whisper `tokenizers.Tokenizer` (a `LabelTokenizer`'s)."""
     ids = backend.encode(" " + text.strip(), add_special_tokens=False).ids
-    return [startofprev_id, *ids[-MAX_PROMPT_TOKENS:]]
+    return [backend.token_to_id("<|startofprev|>"), *ids[-MAX_PROMPT_TOKENS:]]
 
 
 def _said(term: str, text: str) -> bool:

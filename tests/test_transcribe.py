@@ -109,7 +109,7 @@ def test_a_prompt_reaches_the_decoder(tiny_model, monkeypatch):
     monkeypatch.setattr(transcriber.model, "generate", spy)
     transcriber([load(SPEECH / ROWS[0]["audio"])])
     backend = labels.load_tokenizer(str(tiny_model), "en", "transcribe").backend
-    expected = vocabulary.prompt_ids(backend, backend.token_to_id("<|startofprev|>"), "metoprolol, warfarin")
+    expected = vocabulary.prompt_ids(backend, "metoprolol, warfarin")
     assert seen["prompt_ids"].tolist() == expected
     assert backend.decode(expected[1:]) == " metoprolol, warfarin"
 

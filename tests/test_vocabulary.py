@@ -64,8 +64,7 @@ def test_an_evaluation_prompt_reaches_generate_and_is_cut_from_the_hypothesis(ti
     prompted = scorer.rows(clips[:2], prompt="metoprolol, warfarin")
     backend = scorer.tokenizer.backend
     assert seen[0] is None
-    assert seen[1].tolist() == vocabulary.prompt_ids(backend, backend.token_to_id("<|startofprev|>"),
-                                                     "metoprolol, warfarin")
+    assert seen[1].tolist() == vocabulary.prompt_ids(backend, "metoprolol, warfarin")
     for row in plain + prompted:  # the prompt's text never leaks into what is scored
         assert "metoprolol, warfarin" not in row["hypothesis"]
 
