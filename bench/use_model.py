@@ -5,7 +5,7 @@
   robustness   WER under seeded white/pink noise at 0-20 dB SNR and echo, base vs fine-tuned, without and with
                noisereduce before recognition — `ray-asr evaluate --robustness ... --denoise` (JSON, table, PNG)
   ct2          the fine-tuned model exported to CTranslate2 (float32 and int8) against transformers: WER and
-               seconds per clip, same clips, greedy, same threads — `ray-asr export --format ct2`
+               seconds per clip, same clips, greedy and beam 5, same threads — `ray-asr export --format ct2`
   workers      `ray-asr evaluate --num-workers 2` (Ray Data batch inference) against the one-process path
 
     python bench/use_model.py --model runs/noise/model [--base models/whisper-base] [--steps vocabulary,ct2,...]
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 STEPS = ("vocabulary", "robustness", "ct2", "workers")
 CONDITIONS = "snr=0,5,10,20 noise=white echo=0.5"
+BEAMS = (1, 5)  # greedy (evaluation during training) and faster-whisper's default beam
 THREADS = os.cpu_count() or 1  # both engines get every core
 
 
@@ -50,16 +51,16 @@ def robustness(args) -> dict:
     return {"robustness": rows}
 
 
-def _hf_pass(model_dir: str, clips, batch_size: int) -> tuple[list[str], float]:
+def _hf_pass(model_dir: str, clips, batch_size: int, beam_size: int) -> tuple[list[str], float]:
     from ray_asr.evaluate import Scorer
 
-    scorer = Scorer(model_dir, batch_size=batch_size)
+    scorer = Scorer(model_dir, batch_size=batch_size, beam_size=beam_size)
     started = time.perf_counter()
     rows = scorer.rows(clips)
     return [r["hypothesis"] for r in rows], time.perf_counter() - started
 
 
-def _ct2_pass(folder: Path, clips, batch_size: int) -> tuple[list[str], float]:
+def _ct2_pass(folder: Path, clips, batch_size: int, beam_size: int) -> tuple[list[str], float]:
     import ctranslate2
     import numpy as np
     from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
@@ -74,7 +75,7 @@ def _ct2_pass(folder: Path, clips, batch_size: int) -> tuple[list[str], float]:
         chunk = clips[start : start + batch_size]
         features = extractor([c.wave for c in chunk], sampling_rate=16_000, return_tensors="np").input_features
         results = model.generate(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
-                                  [prompt] * len(chunk), beam_size=1, max_length=448)
+                                  [prompt] * len(chunk), beam_size=beam_size, max_length=448)
         texts += [tokenizer.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in results]
     return texts, time.perf_counter() - started
 
@@ -88,19 +89,21 @@ def ct2(args) -> dict:
     torch.set_num_threads(THREADS)
     clips, _ = read_clips(args.eval, Scorer(args.model).tokenizer)
     references = [c.text for c in clips]
+    folders = {q: export.export(args.model, "ct2", Path(args.out) / f"ct2-{q}", q) for q in ("float32", "int8")}
     results = []
-    hypotheses, seconds = _hf_pass(args.model, clips, args.batch_size)
-    results.append({"engine": "transformers fp32", **metrics.error_rates(references, hypotheses),
-                    "seconds_per_clip": seconds / len(clips)})
-    for quantization in ("float32", "int8"):
-        folder = export.export(args.model, "ct2", Path(args.out) / f"ct2-{quantization}", quantization)
-        hypotheses, seconds = _ct2_pass(folder, clips, args.batch_size)
-        results.append({"engine": f"CTranslate2 {quantization}", **metrics.error_rates(references, hypotheses),
+    for beam in BEAMS:
+        hypotheses, seconds = _hf_pass(args.model, clips, args.batch_size, beam)
+        results.append({"engine": "transformers fp32", "beam": beam, **metrics.error_rates(references, hypotheses),
                         "seconds_per_clip": seconds / len(clips)})
-    print("\n## CTranslate2 export vs transformers (fine-tuned model, greedy, "
-          f"{THREADS} threads, batch {args.batch_size})\n| engine | WER | CER | s/clip |\n|---|---|---|---|")
+        for quantization, folder in folders.items():
+            hypotheses, seconds = _ct2_pass(folder, clips, args.batch_size, beam)
+            results.append({"engine": f"CTranslate2 {quantization}", "beam": beam,
+                            **metrics.error_rates(references, hypotheses), "seconds_per_clip": seconds / len(clips)})
+    print("\n## CTranslate2 export vs transformers (fine-tuned model, "
+          f"{THREADS} threads, batch {args.batch_size})\n| engine | beam | WER | CER | s/clip |\n|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['engine']} | {100 * r['wer']:.2f}% | {100 * r['cer']:.2f}% | {r['seconds_per_clip']:.3f} |")
+        print(f"| {r['engine']} | {r['beam']} | {100 * r['wer']:.2f}% | {100 * r['cer']:.2f}% | "
+              f"{r['seconds_per_clip']:.3f} |")
     return {"ct2": results}
 
 

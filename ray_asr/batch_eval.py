@@ -25,13 +25,14 @@ class Recognizer:
     """A model replica (a Ray Data actor): prepared rows in, per-utterance report rows out."""
 
     def __init__(self, model_dir: str, language: str | None, batch_size: int, prompt: str | None, wire_dtype: str,
-                 use_gpu: bool, threads: int):
+                 use_gpu: bool, threads: int, beam_size: int = 1):
         import torch
 
         from ray_asr.evaluate import Scorer
 
         torch.set_num_threads(threads)  # its CPU share, not the node's core count
-        self.scorer = Scorer(model_dir, language, batch_size, device="cuda" if use_gpu else "cpu")
+        self.scorer = Scorer(model_dir, language, batch_size, device="cuda" if use_gpu else "cpu",
+                             beam_size=beam_size)
         self.prompt, self.wire_dtype = prompt, wire_dtype
 
     def __call__(self, batch: dict) -> dict:
@@ -65,7 +66,7 @@ def check(model_dir: str, source: str) -> None:
 
 
 def evaluate(model_dir: str, source: str, num_workers: int, use_gpu: bool = False, batch_size: int = 8,
-             language: str | None = None, prompt: str | None = None) -> dict:
+             language: str | None = None, prompt: str | None = None, beam_size: int = 1) -> dict:
     """The same report as `evaluate.evaluate_source`, computed by `num_workers` replicas on the running Ray.
 
     The streaming executor runs in a zero-CPU task rather than here, as Ray Train runs its own: Ray
@@ -95,7 +96,8 @@ def evaluate(model_dir: str, source: str, num_workers: int, use_gpu: bool = Fals
                             "data": {"eval": source, "prepare_num_cpus": PREPARE_CPUS, "wire_dtype": "float32",
                                      "prepare_batch_size": batch_size, "prepare_concurrency": 1}})
     replica = {"model_dir": model_dir, "language": language, "batch_size": batch_size, "prompt": prompt,
-               "wire_dtype": cfg.data.wire_dtype, "use_gpu": use_gpu, "threads": max(1, int(cpus))}
+               "wire_dtype": cfg.data.wire_dtype, "use_gpu": use_gpu, "threads": max(1, int(cpus)),
+               "beam_size": beam_size}
     with progress.shown(True) as channel:
         rows, rejected = ray.get(_stream.remote(cfg, replica, num_workers, cpus, 1 if use_gpu else 0, channel))
     per_utterance = [{"id": str(r["id"]), "reference": str(r["reference"]), "hypothesis": str(r["hypothesis"]),

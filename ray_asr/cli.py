@@ -76,7 +76,7 @@ def _evaluate(args) -> int:
                 raise ValueError("--compare-vocabulary needs --base BASE_MODEL_DIR (the model before fine-tuning)")
             table = evaluate.compare_vocabulary(args.model_dir, args.base, args.manifest,
                                                 vocabulary.read_terms(args.compare_vocabulary), args.batch_size,
-                                                args.language)
+                                                args.language, args.beam_size)
             print(vocabulary.markdown(table), end="")
             if args.out:
                 _write_json(args.out, table)
@@ -87,7 +87,7 @@ def _evaluate(args) -> int:
             conditions = robustness.parse(args.robustness)
             models = {"base": args.base, "fine-tuned": args.model_dir} if args.base else {args.model_dir: args.model_dir}
             rows = robustness.run(models, args.manifest, conditions, args.denoise, args.seed, args.batch_size,
-                                  args.language)
+                                  args.language, args.beam_size)
             written = robustness.write(rows, args.out or "robustness.json")
             print(robustness.markdown(rows), end="")
             print("wrote " + ", ".join(str(path) for path in written.values()))
@@ -99,9 +99,10 @@ def _evaluate(args) -> int:
             batch_eval.check(args.model_dir, args.manifest)
             cluster.connect(log_to_driver=args.verbose)
             report = batch_eval.evaluate(args.model_dir, args.manifest, args.num_workers, args.use_gpu,
-                                         args.batch_size, args.language, prompt)
+                                         args.batch_size, args.language, prompt, args.beam_size)
         else:
-            report = evaluate.evaluate_source(args.model_dir, args.manifest, args.batch_size, args.language, prompt)
+            report = evaluate.evaluate_source(args.model_dir, args.manifest, args.batch_size, args.language, prompt,
+                                              args.beam_size)
     except (SourceError, FileNotFoundError, OSError, ValueError) as err:
         print(f"ray-asr evaluate: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -111,10 +112,19 @@ def _evaluate(args) -> int:
     return EXIT_OK
 
 
-def _vocabulary_options(p: argparse.ArgumentParser) -> None:
+def _decoding_options(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
     group.add_argument("--prompt", help="text given to Whisper as the previous text (custom vocabulary)")
     group.add_argument("--vocabulary", help="file of domain terms, one a line, given to Whisper as a prompt")
+    p.add_argument("--beam-size", type=_at_least_one, default=1,
+                   help="1: greedy, as evaluation during training; 5: faster-whisper's default decoding")
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _transcribe(args) -> int:
@@ -123,7 +133,8 @@ def _transcribe(args) -> int:
     try:
         prompt = vocabulary.prompt_text(args.prompt, args.vocabulary)
         failed = transcribe.run(args.model_dir, args.audio, fmt=args.format, out=args.out, prompt=prompt,
-                                language=args.language, batch_size=args.batch_size)
+                                language=args.language, batch_size=args.batch_size,
+                                beam_size=args.beam_size)
     except (FileNotFoundError, ValueError) as err:
         print(f"ray-asr transcribe: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -223,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="the report (JSON); with --robustness also its .md table and .png plot beside it")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--language", help="default: the model's generation config")
-    _vocabulary_options(p)
+    _decoding_options(p)
     p.add_argument("--base", help="the model before fine-tuning, for --compare-vocabulary and --robustness")
     p.add_argument("--compare-vocabulary", metavar="FILE",
                    help="terms file: WER of base and fine-tuned, each without and with the terms as a prompt")
@@ -241,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json", "srt", "vtt"), default="text")
     p.add_argument("--out", help="write one file per input here (default: text to stdout, other formats next to "
                                  "each input)")
-    _vocabulary_options(p)
+    _decoding_options(p)
     p.add_argument("--language", help="default: the model's generation config")
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together")
     p.set_defaults(run=_transcribe)

@@ -28,8 +28,9 @@ def token_limits(labels: torch.Tensor) -> list[int]:
 
 @torch.no_grad()
 def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = False, max_new_tokens: int | None = None,
-             language: str | None = None, task: str | None = None, prompt_ids: torch.Tensor | None = None, **inputs):
-    """Greedy transcripts' token ids (prompt removed, cut at end-of-text) and whether each ran away.
+             language: str | None = None, task: str | None = None, prompt_ids: torch.Tensor | None = None,
+             beam_size: int = 1, **inputs):
+    """Transcripts' token ids (prompt removed, cut at end-of-text) and whether each ran away.
 
     `inputs`: `input_features` (log-mel), or `encoder_outputs` already computed (evaluation during
     training runs the encoder once for the loss and the decoding). The batch decodes up to
@@ -37,13 +38,14 @@ def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = Fa
     limit, so results do not depend on which clips share a batch. `synced_gpus` keeps every rank
     stepping the decoder until all ranks finish (ZeRO-3 gathers parameters collectively on each
     forward, so a rank that stopped early would hang the rest). `prompt_ids` (`<|startofprev|>` and
-    the terms' tokens) is Whisper's previous-text prompt: custom vocabulary.
+    the terms' tokens) is Whisper's previous-text prompt: custom vocabulary. `beam_size` 1 is greedy
+    (what evaluation during training uses); 5 is what faster-whisper deploys with by default.
     """
     prompt = {key: value for key, value in (("language", language), ("task", task)) if value}
     if prompt_ids is not None:
         prompt["prompt_ids"] = prompt_ids
     out = model.generate(**inputs, **prompt, max_new_tokens=max_new_tokens or max(limits), synced_gpus=synced_gpus,
-                         return_dict_in_generate=True)
+                         num_beams=beam_size, return_dict_in_generate=True)
     # The returned sequences start with the previous-text prompt, then the 4 start tokens.
     skip = PROMPT_TOKENS + (len(prompt_ids) if prompt_ids is not None else 0)
     ids, runaway = [], []
@@ -92,14 +94,15 @@ def read_clips(source: str, tokenizer, max_duration_s: float = 30.0) -> tuple[li
 class Scorer:
     """A model loaded once for scoring many clip sets (conditions, prompts) in this process."""
 
-    def __init__(self, model_dir: str, language: str | None = None, batch_size: int = 8, device: str | None = None):
+    def __init__(self, model_dir: str, language: str | None = None, batch_size: int = 8, device: str | None = None,
+                 beam_size: int = 1):
         from transformers.utils import logging as hf_logging
 
         from ray_asr import labels
         from ray_asr.model import load
 
         hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
-        self.model_dir, self.batch_size = model_dir, batch_size
+        self.model_dir, self.batch_size, self.beam_size = model_dir, batch_size, beam_size
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load(model_dir).eval().to(self.device)
         config = self.model.generation_config
@@ -129,7 +132,7 @@ class Scorer:
             if prompt_ids is not None:  # the prompt takes decoder positions from the transcript
                 limits = [max(1, min(limit, MAX_TARGET_TOKENS - PROMPT_TOKENS - len(prompt_ids))) for limit in limits]
             ids, runaway = generate(self.model, limits, self.tokenizer.eos_token_id, prompt_ids=prompt_ids,
-                                    input_features=features)
+                                    beam_size=self.beam_size, input_features=features)
             out += rows(self.tokenizer, ids, runaway, [c.text for c in chunk], [c.id for c in chunk])
         return out
 
@@ -141,13 +144,13 @@ class Scorer:
 
 
 def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: str | None = None,
-                    prompt: str | None = None) -> dict:
+                    prompt: str | None = None, beam_size: int = 1) -> dict:
     """`ray-asr evaluate`: WER/CER and hallucination counts of a model on a manifest, in this process.
 
     Rows go through the training pipeline's own checks (`prepare`); rejected ones are counted by
     reason, not scored. Returns the metrics plus `rejected` and `per_utterance`.
     """
-    scorer = Scorer(model_dir, language, batch_size)
+    scorer = Scorer(model_dir, language, batch_size, beam_size=beam_size)
     clips, rejected = read_clips(source, scorer.tokenizer)
     report = scorer.report(clips, prompt)
     per_utterance = report.pop("per_utterance")
@@ -155,7 +158,7 @@ def evaluate_source(model_dir: str, source: str, batch_size: int = 8, language: 
 
 
 def compare_vocabulary(model_dir: str, base_dir: str, source: str, terms: list[str], batch_size: int = 8,
-                       language: str | None = None) -> list[dict]:
+                       language: str | None = None, beam_size: int = 1) -> list[dict]:
     """Custom vocabulary against fine-tuning, measured: WER/CER of base and fine-tuned, each without and with the
     terms as a prompt, plus how many of the terms said in the references each recognises (`term_recall`)."""
     from ray_asr import vocabulary
@@ -164,7 +167,7 @@ def compare_vocabulary(model_dir: str, base_dir: str, source: str, terms: list[s
     table = []
     clips = None
     for name, folder in (("base", base_dir), ("fine-tuned", model_dir)):
-        scorer = Scorer(folder, language, batch_size)
+        scorer = Scorer(folder, language, batch_size, beam_size=beam_size)
         if clips is None:
             clips, _ = read_clips(source, scorer.tokenizer)
         for with_prompt in (False, True):

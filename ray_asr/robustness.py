@@ -94,7 +94,7 @@ def rng(seed: int, condition: Condition, clip_id: str) -> np.random.Generator:
 
 
 def run(models: dict[str, str], source: str, conditions: list[Condition], denoise: bool = False, seed: int = 0,
-        batch_size: int = 8, language: str | None = None) -> list[dict]:
+        batch_size: int = 8, language: str | None = None, beam_size: int = 1) -> list[dict]:
     """One row per model × condition × denoise setting: WER, CER and the condition's settings."""
     from augment.denoise import Denoise
     from ray_asr.evaluate import Scorer, read_clips
@@ -105,7 +105,7 @@ def run(models: dict[str, str], source: str, conditions: list[Condition], denois
     rows, clips = [], None
     with bar(total=len(models) * len(conditions) * len(settings), desc="robustness", unit="set") as progress:
         for label, folder in models.items():
-            scorer = Scorer(folder, language, batch_size)
+            scorer = Scorer(folder, language, batch_size, beam_size=beam_size)
             if clips is None:
                 clips, _ = read_clips(source, scorer.tokenizer)
                 if not clips:

@@ -41,7 +41,7 @@ class Transcript:
 class Transcriber:
     """One Whisper model ready to decode (GPU when present, fp16 there), with its prompt ids."""
 
-    def __init__(self, model_dir: str, language: str | None = None, prompt: str | None = None):
+    def __init__(self, model_dir: str, language: str | None = None, prompt: str | None = None, beam_size: int = 1):
         import torch
         from transformers import WhisperProcessor
         from transformers.utils import logging as hf_logging
@@ -58,6 +58,7 @@ class Transcriber:
         config = self.model.generation_config
         self.language = labels.language_code(language or config.language or "en")
         self.task = config.task or "transcribe"
+        self.beam_size = beam_size
         self.prompt_ids = None
         if prompt:
             tokenizer = labels.load_tokenizer(model_dir, self.language, self.task)
@@ -77,7 +78,8 @@ class Transcriber:
         prompt = {"prompt_ids": self.prompt_ids.to(self.device)} if self.prompt_ids is not None else {}
         with torch.no_grad():
             out = self.model.generate(**self.features(waves), language=self.language, task=self.task,
-                                      return_timestamps=True, return_segments=True, **prompt)
+                                      return_timestamps=True, return_segments=True, num_beams=self.beam_size,
+                                      **prompt)
         return [self._transcript(segments, len(wave) / SAMPLE_RATE) for segments, wave in zip(out["segments"], waves,
                                                                                             strict=True)]
 
@@ -129,7 +131,7 @@ def _out_names(paths: list[str]) -> list[str]:
 
 
 def run(model_dir: str, paths: list[str], fmt: str = "text", out: str | None = None, prompt: str | None = None,
-        language: str | None = None, batch_size: int = 8) -> int:
+        language: str | None = None, batch_size: int = 8, beam_size: int = 1) -> int:
     """Transcribes `paths`; writes one file per input under `out`, or prints to stdout. Returns how many failed.
 
     A file that cannot be read costs one line on stderr; the others are still transcribed.
@@ -149,7 +151,7 @@ def run(model_dir: str, paths: list[str], fmt: str = "text", out: str | None = N
         except Rejected as err:
             print(f"ray-asr transcribe: {err.detail}", file=sys.stderr)
             failed += 1
-    transcriber = Transcriber(model_dir, language, prompt)
+    transcriber = Transcriber(model_dir, language, prompt, beam_size)
     order = sorted(waves, key=lambda i: len(waves[i]))  # similar lengths share a batch: less padding
     results: dict[int, Transcript] = {}
     seconds = sum(len(w) for w in waves.values()) / SAMPLE_RATE

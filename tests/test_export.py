@@ -11,12 +11,15 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from safetensors.torch import load_file, save_file
 from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
 
 from ray_asr.audio import load
 from ray_asr.cli import main
-from ray_asr.export import export, model_dir
+from ray_asr.export import INT8_CPU_RANGE, _quantize_reduced_range, export, model_dir
 from ray_asr.features import log_mel
 
 SPEECH = Path(__file__).parent / "data" / "speech"
@@ -110,6 +113,44 @@ def test_int8_export_loads_and_generates(tiny_model, features, tmp_path):
     assert tokens[0] and all(0 <= t < vocab for t in tokens[0])
     for name in ("tokenizer.json", "preprocessor_config.json"):  # copied as they are where the source has them
         assert (out / name).read_bytes() == (tiny_model / name).read_bytes()
+
+
+def test_int8_export_stores_int8_weights(tiny_model, tmp_path):
+    out = export(tiny_model, "ct2", tmp_path / "int8", "int8")
+    # A model's default compute type is the type of its stored weights: float32 had they stayed float.
+    assert ctranslate2.models.Whisper(str(out), intra_threads=CT2_THREADS).compute_type == "int8_float32"
+
+
+class _Layer:
+    """The part of a CTranslate2 layer spec the quantizer reads: a weight and its scale's placeholder."""
+
+    def __init__(self, weight: torch.Tensor):
+        self.weight, self.weight_scale = weight, "optional"
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=3, max_side=12),
+                  elements=st.floats(-50, 50, width=32)))
+def test_cpu_int8_weights_never_saturate_the_int16_pair_sums(weights):
+    """Every weight is within INT8_CPU_RANGE, so a pair of u8 x s8 products fits int16 (no VNNI needed), and
+    each row dequantizes to within half a step of the original."""
+    layer = _Layer(torch.from_numpy(weights))
+    _quantize_reduced_range(layer, "decoder/layer_0/ffn/linear_0/weight", layer.weight)
+    q, scale = layer.weight, layer.weight_scale
+    assert q.dtype == np.int8 and q.shape == weights.shape and scale.shape == (weights.shape[0],)
+    assert np.abs(q.astype(np.int32)).max() <= INT8_CPU_RANGE and 2 * 255 * INT8_CPU_RANGE <= np.iinfo(np.int16).max
+    rows, restored = weights.reshape(len(weights), -1), q.reshape(len(weights), -1) / scale[:, None]
+    assert np.all(np.abs(restored - rows) <= 0.5 / scale[:, None] + 1e-6)
+
+
+def test_quantizer_leaves_vectors_and_unscaled_weights_alone():
+    unscaled = _Layer(torch.ones(4, 4))
+    del unscaled.weight_scale  # a weight CTranslate2 keeps in float (position encodings)
+    _quantize_reduced_range(unscaled, "encoder/position_encodings/weight", unscaled.weight)
+    vector = _Layer(torch.ones(4))
+    _quantize_reduced_range(vector, "encoder/layer_norm/weight", vector.weight)
+    assert isinstance(unscaled.weight, torch.Tensor) and isinstance(vector.weight, torch.Tensor)
+    assert vector.weight_scale == "optional"
 
 
 def test_ct2_export_gets_alignment_heads_for_word_timestamps(tiny_model, features, tmp_path):
