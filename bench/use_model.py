@@ -7,10 +7,14 @@
   ct2          the fine-tuned model exported to CTranslate2 (float32 and int8) against transformers: WER and
                seconds per clip, same clips, greedy and beam 5, same threads — `ray-asr export --format ct2`
   workers      `ray-asr evaluate --num-workers 2` (Ray Data batch inference) against the one-process path
+  accent       the accent recipe: base, the demo fine-tune (demo voices) and the accent fine-tune, scored on
+               French-accented speakers held out of training (medication sentences, everyday sentences) and
+               on the demo's own voices (forgetting)
 
     python bench/use_model.py --model runs/noise/model [--base models/whisper-base] [--steps vocabulary,ct2,...]
 
-Run `ray-asr demo` (whisper-base and the corpus) and `ray-asr finetune configs/recipes/noise.yaml` first.
+Run `ray-asr demo` (whisper-base and the corpus) and `ray-asr finetune configs/recipes/noise.yaml` first; for
+the accent step also `ray-asr demo-corpus data/accent --accent french` and `ray-asr finetune configs/recipes/accent.yaml`.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STEPS = ("vocabulary", "robustness", "ct2", "workers")
+STEPS = ("vocabulary", "robustness", "ct2", "workers", "accent")
 CONDITIONS = "snr=0,5,10,20 noise=white echo=0.5"
 BEAMS = (1, 5)  # greedy (evaluation during training) and faster-whisper's default beam
 THREADS = os.cpu_count() or 1  # both engines get every core
@@ -123,12 +127,34 @@ def workers(args) -> dict:
     return {"workers": {"one_process_wer": alone["wer"], "two_workers_wer": spread["wer"], "identical": same}}
 
 
+def accent(args) -> dict:
+    from ray_asr.evaluate import Scorer, read_clips
+
+    sets = {"accent, held-out speakers: medications": f"{args.accent_data}/eval.jsonl",
+            "accent, held-out speakers: everyday": f"{args.accent_data}/general.jsonl",
+            "demo voices: everyday (forgetting)": args.general}
+    models = {"base": args.base, "demo fine-tune": args.model, "accent fine-tune": args.accent_model}
+    table = {}
+    for name, folder in models.items():
+        scorer = Scorer(folder, batch_size=args.batch_size)
+        for label, source in sets.items():
+            clips, _ = read_clips(source, scorer.tokenizer)
+            table.setdefault(name, {})[label] = scorer.report(clips)["wer"]
+    print("\n## accent recipe (WER)\n| model | " + " | ".join(sets) + " |\n|---" * (len(sets) + 1) + "|")
+    for name, row in table.items():
+        print(f"| {name} | " + " | ".join(f"{100 * row[label]:.1f}%" for label in sets) + " |")
+    return {"accent": table}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="runs/noise/model", help="the fine-tuned model")
     p.add_argument("--base", default="models/whisper-base", help="the model before fine-tuning")
     p.add_argument("--eval", default="data/demo/eval.jsonl")
     p.add_argument("--terms", default="configs/recipes/medications.txt")
+    p.add_argument("--general", default="data/demo/general.jsonl")
+    p.add_argument("--accent-data", default="data/accent", help="`ray-asr demo-corpus DIR --accent french`")
+    p.add_argument("--accent-model", default="runs/accent/model")
     p.add_argument("--out", default="runs/use-model")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--steps", default=",".join(STEPS))

@@ -197,7 +197,12 @@ def _import_ct2(args) -> int:
 def _demo_corpus(args) -> int:
     from ray_asr.demo_corpus import CorpusSize, build
 
-    manifests = build(args.out_dir, CorpusSize(args.train, args.eval, args.general), seed=args.seed)
+    try:
+        manifests = build(args.out_dir, CorpusSize(args.train, args.eval, args.general), seed=args.seed,
+                          accent=args.accent)
+    except ValueError as err:
+        print(f"ray-asr demo-corpus: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     for split, path in manifests.items():
         print(f"{split}: {path}")
     return EXIT_OK
@@ -285,6 +290,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", type=int, default=64)
     p.add_argument("--general", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accent", help="speak it in this accent (french), eval/general splits by held-out speakers")
     p.set_defaults(run=_demo_corpus)
 
     p = command("demo", help="the main job on the embedded default (whisper-base, demo corpus)")

@@ -38,3 +38,30 @@ def test_splits_are_deterministic_and_eval_templates_are_held_out():
     assert len(a["train"]) == CorpusSize().train + CorpusSize().rehearsal
     positions = [i for i, (t, _) in enumerate(a["train"]) if t in everyday]
     assert positions[0] < 10 and positions[-1] > len(a["train"]) - 10  # spread through the split
+
+
+def test_an_accent_is_scored_on_speakers_held_out_of_training():
+    accent = demo_corpus.ACCENTS["french"]
+    plan = demo_corpus.sentences(CorpusSize(), seed=0, accent=accent)
+    heard = {v.name for _, v in plan["train"]}
+    assert heard <= {v.name for v in accent.train} and len(heard) >= 4
+    for split in ("eval", "general"):
+        assert {v.name for _, v in plan[split]} <= {v.name for v in accent.held_out}
+    assert not heard & {v.name for v in accent.held_out}
+    # The same text as the demo corpus: only the speakers differ.
+    demo = demo_corpus.sentences(CorpusSize(), seed=0)
+    assert [[t for t, _ in plan[s]] for s in plan] == [[t for t, _ in demo[s]] for s in demo]
+
+
+def test_accent_corpus_is_speech_and_an_unknown_accent_is_one_line(tmp_path, capsys):
+    from ray_asr.cli import main
+
+    manifests = demo_corpus.build(tmp_path, CorpusSize(train=2, eval=2, general=2, rehearsal=0), accent="french")
+    for path in manifests.values():
+        for row in map(json.loads, path.read_text().splitlines()):
+            wave, rate = sf.read(tmp_path / row["audio"])
+            assert row["speaker"].startswith("fr") and np.abs(wave).max() > 0.05 and len(wave) / rate > 0.8
+    capsys.readouterr()  # the synthesis bars
+    assert main(["demo-corpus", str(tmp_path / "x"), "--accent", "martian"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "french" in err

@@ -94,3 +94,23 @@ def test_evaluate_command_scores_good_rows_counts_rejected_ones_and_writes_a_rep
     assert report["runaway_outputs"] == len(catalogue.good)  # a random model never says end-of-text
     assert {"wer", "cer", "insertions", "repetition_rate"} <= set(report) and "wer" in capsys.readouterr().out
     assert main(["evaluate", str(tiny_model), str(tmp_path / "missing.jsonl")]) == 2
+
+
+def test_beam_size_reaches_generate_and_zero_is_refused(tiny_model, catalogue, monkeypatch, capsys):
+    from transformers import WhisperForConditionalGeneration
+
+    from ray_asr.cli import main
+
+    seen = []
+    original = WhisperForConditionalGeneration.generate
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("num_beams"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", spy)
+    assert main(["evaluate", str(tiny_model), str(catalogue.manifest), "--beam-size", "3"]) == 0
+    assert seen and set(seen) == {3}
+    with pytest.raises(SystemExit) as stop:
+        main(["evaluate", str(tiny_model), str(catalogue.manifest), "--beam-size", "0"])
+    assert stop.value.code == 2 and "at least 1" in capsys.readouterr().err
