@@ -140,7 +140,7 @@ def accent(args) -> dict:
         for label, source in sets.items():
             clips, _ = read_clips(source, scorer.tokenizer)
             table.setdefault(name, {})[label] = scorer.report(clips)["wer"]
-    print("\n## accent recipe (WER)\n| model | " + " | ".join(sets) + " |\n|---" * (len(sets) + 1) + "|")
+    print("\n## accent recipe (WER)\n| model | " + " | ".join(sets) + " |\n" + "|---" * (len(sets) + 1) + "|")
     for name, row in table.items():
         print(f"| {name} | " + " | ".join(f"{100 * row[label]:.1f}%" for label in sets) + " |")
     return {"accent": table}
