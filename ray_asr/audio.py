@@ -129,3 +129,25 @@ def from_wire(buffer: bytes, dtype: str) -> np.ndarray:
     if dtype == "float32":
         return np.frombuffer(buffer, dtype=np.float32)
     return np.frombuffer(buffer, dtype=np.int16).astype(np.float32) / INT16_SCALE
+
+
+# An energy VAD for clip-level speech bounds: frames on Whisper's 20 ms timestamp grid, speech where a frame
+# is within SPEECH_FLOOR_DB of the clip's loudest (eSpeak's and read speech's pauses sit 40+ dB down; 35 dB
+# keeps soft consonants at a word's edge). Below SILENCE_RMS (-80 dBFS) nothing counts as speech.
+VAD_FRAME = SAMPLE_RATE // 50  # 320 samples = 20 ms
+SPEECH_FLOOR_DB = 35.0
+SILENCE_RMS = 1e-4
+
+
+def speech_bounds(wave: np.ndarray) -> tuple[float, float]:
+    """Seconds where speech starts and ends in a 16 kHz clip: the first and last 20 ms frame within
+    `SPEECH_FLOOR_DB` of the loudest frame; the whole clip when it is silent."""
+    duration = len(wave) / SAMPLE_RATE
+    frames = len(wave) // VAD_FRAME
+    if frames == 0:
+        return 0.0, duration
+    rms = np.sqrt(np.mean(np.square(wave[: frames * VAD_FRAME].reshape(frames, VAD_FRAME), dtype=np.float64), axis=1))
+    if rms.max() < SILENCE_RMS:
+        return 0.0, duration
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (-SPEECH_FLOOR_DB / 20))
+    return float(loud[0] * VAD_FRAME / SAMPLE_RATE), float(min(duration, (loud[-1] + 1) * VAD_FRAME / SAMPLE_RATE))

@@ -37,11 +37,13 @@ def stack_waves(waves) -> torch.Tensor:
 
 @dataclass
 class PromptMaker:
-    """Prompted decoder inputs and labels: `<|startofprev|> terms <|startoftranscript|> labels`, the prompt masked.
+    """Prompted decoder inputs and labels: `<|startofprev|> prompt <|startoftranscript|> labels`, the prompt masked.
 
-    Whisper builds decoder inputs by shifting the labels right behind the start token; with a prompt in
-    front the inputs are given explicitly, and every label position up to the start token is -100, so
-    the loss is the transcript's alone.
+    The prompt is domain terms (custom vocabulary) for a share `p` of clips, else, for a share `previous_text`
+    of the rest, the transcript of the clip before it in the batch: Whisper's previous-text context, which a
+    fine-tune without it may learn to ignore. Whisper builds decoder inputs by shifting the labels right
+    behind the start token; with a prompt in front the inputs are given explicitly, and every label
+    position up to the start token is -100, so the loss is the transcript's alone.
     """
 
     terms: list[str]
@@ -54,18 +56,24 @@ class PromptMaker:
     """The run's `labels.LabelTokenizer` (its byte-level BPE encodes the prompt)."""
     start_id: int
     """`<|startoftranscript|>` (the decoder start token)."""
+    previous_text: float = 0.0
+    """Share of the clips without a terms prompt given another clip's transcript as context
+    (`data.labels.previous_text`)."""
 
     def __call__(self, label_lists, texts, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         from ray_asr import labels, vocabulary
 
         backend, eos = self.tokenizer.backend, self.tokenizer.eos_token_id
         inputs, targets = [], []
-        for ids, text in zip(label_lists, texts, strict=True):
+        for i, (ids, text) in enumerate(zip(label_lists, texts, strict=True)):
             ids = [int(i) for i in ids]
             prompt = []
-            if rng.random() < self.p:
+            if self.terms and rng.random() < self.p:
                 prompt = vocabulary.prompt_ids(backend,
                                                vocabulary.training_prompt(self.terms, str(text), rng, self.distractors))
+            elif self.previous_text and len(texts) > 1 and rng.random() < self.previous_text:
+                prompt = vocabulary.prompt_ids(backend, str(texts[i - 1]))  # the first clip gets the batch's last
+            if prompt:
                 room = labels.MAX_TARGET_TOKENS - 1 - len(ids)  # the sequence below stays within 448 positions
                 prompt = [prompt[0], *prompt[1:][-(room - 1):]] if room > 1 else []
             sequence = [*prompt, self.start_id, *ids]

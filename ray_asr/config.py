@@ -37,6 +37,30 @@ class ModelConfig:
 
 
 @dataclass
+class LabelsConfig:
+    timestamps: float = 0.0
+    """Share of training rows (chosen per row, seeded) whose labels carry Whisper's timestamp tokens around the
+    text (`<|0.48|> text <|2.10|>`: the speech's bounds, from an energy VAD, on the 20 ms grid) instead of
+    `<|notimestamps|>`. A fine-tune on `<|notimestamps|>` labels alone can stop predicting timestamps, which
+    long-form transcription seeks by; 0.5 keeps both. Evaluation splits keep `<|notimestamps|>`."""
+
+    previous_text: float = 0.0
+    """Share of training clips (of those without a `train.prompt_vocabulary` prompt) given another clip's
+    transcript as Whisper's previous-text context (`<|startofprev|> ...`), masked from the loss, so a fine-tune
+    keeps using a prompt; 0.2 is a usual choice."""
+
+    def check(self) -> None:
+        for key in ("timestamps", "previous_text"):
+            value = getattr(self, key)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
+                 f"data.labels.{key}", "must be in [0, 1]", value)
+
+
+# Transforms that move speech in time: after them a clip's timestamp labels would point at the wrong place.
+TIME_MOVING_TRANSFORMS = ("speed", "time_shift")
+
+
+@dataclass
 class DataConfig:
     train: str | None = None
     """Training data: JSONL manifest, HF `save_to_disk` folder, parquet file, or Common Voice `.tsv`."""
@@ -80,6 +104,8 @@ class DataConfig:
     activation_cache_dir: str | None = None
     """Local folder for activations past `activation_cache_mb` (and, with several workers on a node, for sharing
     them); default a folder in the system's temp dir, removed when the run ends."""
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    """How training labels are built: `{timestamps: 0.5, previous_text: 0.2}`."""
 
     def check(self) -> None:
         one_of(self.wire_dtype, "data.wire_dtype", ("int16", "float32"))
@@ -96,6 +122,7 @@ class DataConfig:
         need(self.prepare_concurrency >= 0, "data.prepare_concurrency", "must be >= 0", self.prepare_concurrency)
         _check_transforms("data.preprocess", self.preprocess)
         _check_resources("data.augment_resources", self.augment_resources)
+        self.labels.check()
 
 
 @dataclass
@@ -402,6 +429,10 @@ def validate(cfg: Config) -> Config:
     for section in (cfg.model, cfg.data, cfg.train, cfg.scaling, cfg.tune):
         section.check()
     _check_transforms("augment", cfg.augment)
+    if cfg.data.labels.timestamps:  # preprocess runs before the speech bounds are found; augmentation after
+        moving = [spec["name"] for spec in cfg.augment if spec["name"] in TIME_MOVING_TRANSFORMS]
+        need(not moving, "data.labels.timestamps", f"cannot be used with augment {', '.join(moving)} (it moves speech "
+             "in time, so the timestamps would be wrong); drop one", cfg.data.labels.timestamps)
     need(bool(cfg.output_dir), "output_dir", "must be set", cfg.output_dir)
     return cfg
 

@@ -157,8 +157,11 @@ class Preparer:
     """Ray Data stage (a callable class, so each actor loads the tokenizer once)."""
 
     def __init__(self, model_dir: str, language: str, task: str, max_duration_s: float, wire_dtype: str, sink,
-                 split: str, preprocess: list | None = None, seed: int = 0):
+                 split: str, preprocess: list | None = None, seed: int = 0, timestamps: float = 0.0):
         self.tokenizer = labels.load_tokenizer(model_dir, language, task)
+        if timestamps and self.tokenizer.timestamp_begin is None:
+            raise ValueError(f"data.labels.timestamps: {model_dir}'s tokenizer has no timestamp tokens")
+        self.timestamps = timestamps
         self.max_duration_s, self.wire_dtype = max_duration_s, wire_dtype
         self.sink, self.split = sink, split
         self.preprocess, self.seed = None, seed
@@ -175,6 +178,8 @@ class Preparer:
                 wave, ids = prepare(row, self.tokenizer, self.max_duration_s)
                 if self.preprocess is not None:  # the same for every epoch and split
                     wave = self.preprocess(wave, audio.SAMPLE_RATE, row_rng(self.seed, 0, row["id"]))
+                if with_timestamps(self.seed, row["id"], self.timestamps):
+                    ids = timed_or_plain(self.tokenizer, ids, wave)
             except Rejected as err:
                 rejected.append(quarantine_record(row, err.reason, err.detail))
                 continue
@@ -242,6 +247,8 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
             "model_dir": model_dir or cfg.model.name_or_path, "language": cfg.model.language,
             "task": cfg.model.task, "max_duration_s": cfg.data.max_duration_s, "wire_dtype": cfg.data.wire_dtype,
             "sink": sink, "split": split, "preprocess": cfg.data.preprocess, "seed": cfg.train.seed,
+            # Evaluation keeps <|notimestamps|>: its WER is comparable from run to run.
+            "timestamps": cfg.data.labels.timestamps if split == "train" else 0.0,
         },
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
@@ -269,6 +276,23 @@ class PassCounter:
         passes = [self.seen.get(i, 0) for i in ids]
         self.seen.update((i, n + 1) for i, n in zip(ids, passes))
         return passes
+
+
+# The `epoch` of the generator that picks a row's label form: one no run reaches, so the choice never shares a
+# stream with the row's augmentation, and stays the same every epoch and on a rerun.
+LABEL_STREAM = 1_000_003
+
+
+def with_timestamps(seed: int, row_id: str, share: float) -> bool:
+    """Whether a row's labels carry timestamps (`data.labels.timestamps`): a share of rows, the same ones every
+    epoch and rerun."""
+    return share > 0 and row_rng(seed, LABEL_STREAM, row_id).random() < share
+
+
+def timed_or_plain(tokenizer, ids: list[int], wave: np.ndarray) -> list[int]:
+    """The row's labels with timestamps at its speech bounds, or as they were if those do not fit."""
+    timed = labels.timed(tokenizer, ids, *audio.speech_bounds(wave))
+    return timed if labels.fits(timed) else ids
 
 
 def row_rng(seed: int, epoch: int, row_id: str) -> np.random.Generator:

@@ -1,4 +1,5 @@
-"""Whisper decoder labels: `<|lang|><|task|><|notimestamps|> text <|endoftext|>`.
+"""Whisper decoder labels: `<|lang|><|task|><|notimestamps|> text <|endoftext|>`, or with timestamps
+`<|lang|><|task|><|0.48|> text <|2.10|><|endoftext|>` (`timed`).
 
 The start-of-transcript token is not part of the labels: Whisper shifts labels right and puts
 `decoder_start_token_id` (`<|startoftranscript|>`) in front itself. End-of-text is always last,
@@ -15,6 +16,8 @@ from functools import lru_cache
 from pathlib import Path
 
 MAX_TARGET_TOKENS = 448  # Whisper's decoder positions (max_target_positions), start token included
+TIME_PRECISION_S = 0.02  # Whisper's timestamp tokens <|0.00|> .. <|30.00|>: 1501 of them, 20 ms apart
+LAST_TIMESTAMP_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class LabelTokenizer:
     """`<|lang|>`, `<|task|>`, `<|notimestamps|>` ids."""
     eos_token_id: int
     """`<|endoftext|>`."""
+    timestamp_begin: int | None = None
+    """`<|0.00|>`, the first of the timestamp tokens; None where the vocabulary has none."""
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
@@ -63,12 +68,27 @@ def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
     if backend.token_to_id(f"<|{code}|>") is None:
         code = language_code(language)
     prefix = (token_id(f"<|{code}|>"), token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
-    return LabelTokenizer(backend, prefix, token_id("<|endoftext|>"))
+    return LabelTokenizer(backend, prefix, token_id("<|endoftext|>"), backend.token_to_id("<|0.00|>"))
 
 
 def encode(tokenizer: LabelTokenizer, text: str) -> list[int]:
     """Label ids for one transcript, ending in end-of-text, without the start token."""
     return [*tokenizer.prefix, *tokenizer.backend.encode(text, add_special_tokens=False).ids, tokenizer.eos_token_id]
+
+
+def timestamp_token(tokenizer: LabelTokenizer, seconds: float) -> int:
+    """The timestamp token nearest `seconds` on Whisper's 20 ms grid (clipped to the 30 s window)."""
+    if tokenizer.timestamp_begin is None:
+        raise ValueError("the tokenizer has no timestamp tokens (<|0.00|> .. <|30.00|>)")
+    return tokenizer.timestamp_begin + round(min(max(seconds, 0.0), LAST_TIMESTAMP_S) / TIME_PRECISION_S)
+
+
+def timed(tokenizer: LabelTokenizer, labels: list[int], start_s: float, end_s: float) -> list[int]:
+    """`encode`'s labels with the text between timestamp tokens instead of after `<|notimestamps|>`: how Whisper
+    was trained to mark a segment, and what its long-form decoding seeks by."""
+    text = labels[len(tokenizer.prefix) : -1]
+    start = timestamp_token(tokenizer, start_s)
+    return [*tokenizer.prefix[:-1], start, *text, max(start, timestamp_token(tokenizer, end_s)), tokenizer.eos_token_id]
 
 
 def fits(labels: list[int]) -> bool:

@@ -24,36 +24,40 @@ def _byte_vocab() -> dict[str, int]:
     return {c: i for i, c in enumerate(chars)}
 
 
-def special_tokens() -> list[str]:
-    """Whisper's special tokens in Whisper's order (end-of-text first, then languages and tasks)."""
+def special_tokens(timestamps: bool = False) -> list[str]:
+    """Whisper's special tokens in Whisper's order (end-of-text first, then languages and tasks), with the
+    1501 timestamp tokens `<|0.00|>` .. `<|30.00|>` last if asked for."""
     from transformers.models.whisper.tokenization_whisper import LANGUAGES
 
+    times = [f"<|{i * 0.02:.2f}|>" for i in range(1501)] if timestamps else []
     return (["<|endoftext|>", "<|startoftranscript|>"] + [f"<|{code}|>" for code in LANGUAGES]
-            + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"])
+            + ["<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>"]
+            + times)
 
 
-def build_tokenizer(out_dir: str | Path):
-    """Writes a byte-level Whisper tokenizer (no merges) to `out_dir` and returns it."""
+def build_tokenizer(out_dir: str | Path, timestamps: bool = False):
+    """Writes a byte-level Whisper tokenizer (no merges) to `out_dir` and returns it; `timestamps` adds Whisper's
+    timestamp tokens (the other tests' tiny model does without them: 1501 fewer output rows)."""
     from transformers import WhisperTokenizer
 
     vocab = _byte_vocab()
-    for token in special_tokens():
+    for token in special_tokens(timestamps):
         vocab[token] = len(vocab)
     tokenizer = WhisperTokenizer(vocab=vocab, merges=[], unk_token="<|endoftext|>", bos_token="<|endoftext|>",
                                  eos_token="<|endoftext|>", pad_token="<|endoftext|>")
-    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens()[1:]})
+    tokenizer.add_special_tokens({"additional_special_tokens": special_tokens(timestamps)[1:]})
     tokenizer.save_pretrained(out_dir)
     return WhisperTokenizer.from_pretrained(out_dir)
 
 
 def build_tiny_whisper(out_dir: str | Path, n_mels: int = 80, d_model: int = 64, layers: int = 2, seed: int = 0,
-                       language: str = "en", task: str = "transcribe") -> Path:
+                       language: str = "en", task: str = "transcribe", timestamps: bool = False) -> Path:
     """Writes a tiny random Whisper folder (model, tokenizer, feature extractor, generation config)."""
     import torch
     from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     out_dir = Path(out_dir)
-    tokenizer = build_tokenizer(out_dir)
+    tokenizer = build_tokenizer(out_dir, timestamps)
     eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     config = WhisperConfig(
         vocab_size=len(tokenizer), num_mel_bins=n_mels, d_model=d_model, encoder_layers=layers, decoder_layers=layers,

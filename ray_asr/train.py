@@ -115,15 +115,15 @@ class Worker:
         self.tracker = self._tracker()
 
     def _prompts(self) -> collate.PromptMaker | None:
-        """`train.prompt_vocabulary` as the training collator's prompt maker, or None."""
+        """`train.prompt_vocabulary` and `data.labels.previous_text` as the training collator's prompt maker, or None."""
         from ray_asr import vocabulary
 
-        spec = self.cfg.train.prompt_vocabulary
-        if not spec:
+        spec, previous = self.cfg.train.prompt_vocabulary or {}, self.cfg.data.labels.previous_text
+        if not spec and not previous:
             return None
-        return collate.PromptMaker(vocabulary.read_terms(spec["file"]), float(spec.get("p", 0.5)),
-                                   int(spec.get("distractors", 3)), self.tokenizer,
-                                   self.engine.module.config.decoder_start_token_id)
+        terms = vocabulary.read_terms(spec["file"]) if spec else []
+        return collate.PromptMaker(terms, float(spec.get("p", 0.5)), int(spec.get("distractors", 3)), self.tokenizer,
+                                   self.engine.module.config.decoder_start_token_id, previous_text=previous)
 
     def _precision(self) -> str:
         """`train.precision`, `auto` resolved the same on every rank (bf16 only if every rank has it natively)."""

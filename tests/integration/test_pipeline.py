@@ -86,3 +86,26 @@ def test_pipeline_is_lazy_until_consumed(catalogue, tiny_model, tmp_path):
     first = next(iter(ds.iter_batches(batch_size=1, batch_format="numpy")))
     assert first["audio"].dtype == object and np.frombuffer(first["audio"][0], np.int16).size > 0
     assert ray.get(sink.summary.remote("train"))["rows"] > 0
+
+
+def test_training_rows_get_timestamp_labels_and_evaluation_rows_do_not(tmp_path):
+    from pathlib import Path
+
+    from ray_asr import labels
+    from ray_asr.tiny import build_tiny_whisper
+
+    model = build_tiny_whisper(tmp_path / "tiny", timestamps=True)
+    speech = str(Path(__file__).resolve().parents[1] / "data" / "speech" / "manifest.jsonl")
+    cfg = config.from_dict({"model": {"name_or_path": str(model)}, "output_dir": str(tmp_path),
+                            "data": {"train": speech, "eval": speech, "labels": {"timestamps": 1.0}}})
+    tokenizer = labels.load_tokenizer(str(model), "en", "transcribe")
+    sink = data.open_sink(None)
+    train, evaluation = (_rows(data.build_dataset(cfg, split, sink)) for split in ("train", "eval"))
+    assert len(train) == len(evaluation) > 0
+    for row in train:
+        start, end = row["labels"][2], row["labels"][-2]
+        assert tokenizer.timestamp_begin <= start < end and row["labels"][:2] == list(tokenizer.prefix[:2])
+        wave = audio.from_wire(row["audio"], "int16")
+        bounds = audio.speech_bounds(wave)
+        assert (start - tokenizer.timestamp_begin) * 0.02 == pytest.approx(bounds[0], abs=0.011)
+    assert all(row["labels"][:3] == list(tokenizer.prefix) for row in evaluation)

@@ -1,0 +1,132 @@
+"""The label builder (`data.labels`): timestamp tokens on the 20 ms grid around the text, at the speech's bounds
+found by an energy VAD, for a seeded share of training rows (refused with time-moving augmentation); another
+clip's transcript as previous-text context, masked from the loss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ray_asr import audio, config, data, labels
+from ray_asr.config import ConfigError
+from ray_asr.tiny import build_tiny_whisper
+
+RATE = audio.SAMPLE_RATE
+
+
+@pytest.fixture(scope="module")
+def timed_model(tmp_path_factory):
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny-timestamps"), timestamps=True)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(timed_model):
+    return labels.load_tokenizer(str(timed_model), "en", "transcribe")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(0, 29.9), st.floats(0, 0.1), st.floats(0, 30))
+def test_timestamps_tokenise_on_the_20_ms_grid(tokenizer, start, length, end_extra):
+    plain = labels.encode(tokenizer, "the dose")
+    end = min(30.0, start + length + end_extra)
+    ids = labels.timed(tokenizer, plain, start, end)
+    lang, task, notimestamps = tokenizer.prefix
+    assert ids[:2] == [lang, task] and notimestamps not in ids and ids[-1] == tokenizer.eos_token_id
+    assert ids[3:-2] == plain[3:-1]  # the text, unchanged, between the two timestamps
+    first, last = ids[2] - tokenizer.timestamp_begin, ids[-2] - tokenizer.timestamp_begin
+    assert first == round(start / 0.02) and last == max(first, round(end / 0.02)) and 0 <= first <= last <= 1500
+    assert tokenizer.backend.id_to_token(ids[2]) == f"<|{first * 0.02:.2f}|>"
+
+
+def _burst(before_s: float, speech_s: float, after_s: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    silence = lambda s: 1e-5 * rng.standard_normal(round(s * RATE))  # noqa: E731 (a floor of room noise)
+    t = np.arange(round(speech_s * RATE)) / RATE
+    speech = 0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
+    return np.concatenate([silence(before_s), speech, silence(after_s)]).astype(np.float32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(0, 3), st.floats(0.2, 4), st.floats(0, 3))
+def test_speech_bounds_find_the_speech_within_a_frame(before, speech, after):
+    start, end = audio.speech_bounds(_burst(before, speech, after))
+    assert abs(start - before) <= 0.02 + 1e-9 and abs(end - (before + speech)) <= 0.02 + 1e-9
+
+
+def test_a_silent_clip_is_bounded_by_itself():
+    assert audio.speech_bounds(np.zeros(RATE, np.float32)) == (0.0, 1.0)
+    assert audio.speech_bounds(np.zeros(10, np.float32)) == (0.0, 10 / RATE)
+
+
+def test_timed_labels_fall_back_to_plain_when_they_do_not_fit(tokenizer):
+    wave = _burst(0.5, 1.0, 0.5)
+    short = labels.encode(tokenizer, "the dose")
+    timed = data.timed_or_plain(tokenizer, short, wave)
+    assert timed[2] - tokenizer.timestamp_begin == 25 and timed[-2] - tokenizer.timestamp_begin == 75
+    full = labels.encode(tokenizer, "x" * (labels.MAX_TARGET_TOKENS - 5))  # fits plain, one token short with times
+    assert labels.fits(full) and data.timed_or_plain(tokenizer, full, wave) == full
+
+
+def test_a_seeded_share_of_rows_gets_timestamps_the_same_every_time():
+    ids = [f"row-{i}" for i in range(2000)]
+    chosen = [data.with_timestamps(7, i, 0.5) for i in ids]
+    assert 0.45 < np.mean(chosen) < 0.55 and chosen == [data.with_timestamps(7, i, 0.5) for i in ids]
+    assert chosen != [data.with_timestamps(8, i, 0.5) for i in ids]
+    assert not any(data.with_timestamps(7, i, 0.0) for i in ids) and all(data.with_timestamps(7, i, 1.0) for i in ids)
+
+
+def test_a_timed_batch_trains(timed_model, tokenizer):
+    """Timestamp labels go through the model's loss like any others, and the loss has a gradient."""
+    from transformers import WhisperForConditionalGeneration
+
+    from ray_asr.collate import pad_labels
+    from ray_asr.features import log_mel
+
+    model = WhisperForConditionalGeneration.from_pretrained(timed_model)
+    wave = _burst(0.3, 1.2, 0.4)
+    rows = [labels.timed(tokenizer, labels.encode(tokenizer, "the dose"), *audio.speech_bounds(wave)),
+            labels.encode(tokenizer, "no times")]
+    features = log_mel(torch.from_numpy(np.stack([wave, wave])), model.config.num_mel_bins)
+    loss = model(input_features=features, labels=pad_labels(rows)).loss
+    loss.backward()
+    assert torch.isfinite(loss) and model.model.decoder.embed_tokens.weight.grad[tokenizer.timestamp_begin + 15].abs().sum() > 0
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"data": {"labels": {"timestamps": 1.5}}}, "data.labels.timestamps: must be in [0, 1]"),
+    ({"data": {"labels": {"timestamps": 0.5}}, "augment": [{"name": "speed", "p": 0.5}]},
+     "data.labels.timestamps: cannot be used with augment speed"),
+    ({"data": {"labels": {"timestmps": 0.5}}}, "timestmps"),
+    ({"data": {"labels": {"previous_text": -0.1}}}, "data.labels.previous_text: must be in [0, 1]"),
+])
+def test_label_config_errors_name_the_key(values, says):
+    with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
+        config.from_dict(values)
+
+
+def test_noise_augmentation_and_timestamps_go_together():
+    cfg = config.from_dict({"data": {"labels": {"timestamps": 0.5}}, "augment": [{"name": "noise", "p": 0.5}]})
+    assert cfg.data.labels.timestamps == 0.5
+
+
+def test_previous_text_prompts_carry_another_clips_transcript_masked(tokenizer):
+    from ray_asr import vocabulary
+    from ray_asr.collate import IGNORE_INDEX, PromptMaker
+
+    texts = ["first clip", "second one", "third"]
+    plain = [labels.encode(tokenizer, t) for t in texts]
+    start = tokenizer.backend.token_to_id("<|startoftranscript|>")
+    maker = PromptMaker([], 0.0, 0, tokenizer, start, previous_text=1.0)
+    inputs, targets = maker(plain, texts, np.random.default_rng(0))
+    for i, ids in enumerate(plain):
+        prompt = vocabulary.prompt_ids(tokenizer.backend, texts[i - 1])
+        assert inputs[i, : len(prompt) + 1].tolist() == [*prompt, start]
+        assert targets[i, : len(prompt)].tolist() == [IGNORE_INDEX] * len(prompt)
+        assert targets[i, len(prompt) : len(prompt) + len(ids)].tolist() == ids
+    alone_inputs, alone_targets = maker(plain[:1], texts[:1], np.random.default_rng(0))  # no other clip: no prompt
+    assert alone_inputs[0, 0] == start and alone_targets[0].tolist() == plain[0]
+    never = PromptMaker([], 0.0, 0, tokenizer, start, previous_text=0.0)
+    assert (never(plain, texts, np.random.default_rng(0))[1] != IGNORE_INDEX).sum() == sum(map(len, plain))
