@@ -82,6 +82,50 @@ class PromptMaker:
         return pad_labels(inputs, fill=eos), pad_labels(targets)
 
 
+# No-speech clips: 1-10 s (the length of most training clips), noise at -60 to -20 dBFS RMS (a quiet room to a
+# loud fan), one in four digital silence. Their ids start with NO_SPEECH_ID, which no manifest id does: the
+# activation cache never keys them.
+NO_SPEECH_SECONDS = (1.0, 10.0)
+NO_SPEECH_DBFS = (-60.0, -20.0)
+NO_SPEECH_SILENT = 0.25
+NO_SPEECH_ID = "\x00no-speech/"
+
+
+@dataclass
+class NoSpeechMaker:
+    """Adds noise-only or silent clips to a training batch, each labelled with an empty transcript (end-of-text
+    right after the prompt), so a fine-tune keeps answering silence with nothing instead of hallucinating."""
+
+    share: float
+    """Expected added clips per real clip (`data.labels.no_speech`)."""
+    labels: tuple[int, ...]
+    """`<|lang|><|task|><|notimestamps|><|endoftext|>`."""
+    sample_rate: int = 16_000
+
+    def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
+        from augment.noise import coloured_noise
+
+        count = int(rng.binomial(len(batch["id"]), self.share))
+        if count == 0:
+            return batch
+        waves = []
+        for _ in range(count):
+            n = int(rng.uniform(*NO_SPEECH_SECONDS) * self.sample_rate)
+            if rng.random() < NO_SPEECH_SILENT:
+                waves.append(np.zeros(n, np.float32))
+                continue
+            noise = coloured_noise(n, str(rng.choice(["white", "pink", "brown"])), rng)
+            level = 10 ** (rng.uniform(*NO_SPEECH_DBFS) / 20) / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
+            waves.append((noise * level).astype(np.float32))
+        start = int(rng.integers(1 << 62))
+        extra = {"audio": waves, "labels": [list(self.labels)] * count, "text": [""] * count,
+                 "id": [f"{NO_SPEECH_ID}{start + i}" for i in range(count)]}
+        out = dict(batch)
+        for name, added in extra.items():
+            out[name] = np.array([*batch[name], *added] + [None], dtype=object)[:-1]  # object arrays: ragged rows
+        return out
+
+
 @dataclass
 class WhisperCollator(NumpyBatchCollateFn):
     """Turns a numpy batch of `ray_asr.data.PREPARED_SCHEMA` rows into model inputs."""
@@ -101,13 +145,19 @@ class WhisperCollator(NumpyBatchCollateFn):
     """Columns passed through as Python lists (e.g. `("id", "text")` for evaluation)."""
     prompts: PromptMaker | None = None
     """Puts a custom-vocabulary prompt before some clips' labels (`train.prompt_vocabulary`); training split only."""
+    no_speech: NoSpeechMaker | None = None
+    """Adds noise-only clips with empty transcripts (`data.labels.no_speech`); training split only."""
 
     def __post_init__(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
         self._rng = np.random.default_rng(self.seed)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        stacked = stack_waves([from_wire(buffer, self.wire_dtype) for buffer in batch["audio"]])
+        waves = [from_wire(buffer, self.wire_dtype) for buffer in batch["audio"]]
+        if self.no_speech is not None:
+            batch = self.no_speech({**batch, "audio": waves}, self._rng)
+            waves = list(batch["audio"])
+        stacked = stack_waves(waves)
         features = log_mel(stacked.to(self.device), self.n_mels)  # (batch, n_mels, 3000)
         if self.spec_augment is not None:
             features = spec_augment(features, self._generator, **self.spec_augment)
@@ -122,11 +172,12 @@ class WhisperCollator(NumpyBatchCollateFn):
 
 
 def for_splits(n_mels: int, wire_dtype: str, device, spec_augment: dict | None, seed: int,
-               keep: tuple = ("id", "text"), prompts: PromptMaker | None = None) -> tuple[WhisperCollator, WhisperCollator]:
-    """The training split's collator (SpecAugment, vocabulary prompts when configured) and the evaluation splits'
-    (never: they score the clips as they are)."""
+               keep: tuple = ("id", "text"), prompts: PromptMaker | None = None,
+               no_speech: NoSpeechMaker | None = None) -> tuple[WhisperCollator, WhisperCollator]:
+    """The training split's collator (SpecAugment, prompts, no-speech clips when configured) and the evaluation
+    splits' (never: they score the clips as they are)."""
     plain = WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep)
-    if spec_augment is None and prompts is None:
+    if spec_augment is None and prompts is None and no_speech is None:
         return plain, plain
     return WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep, spec_augment=spec_augment,
-                           seed=seed, prompts=prompts), plain
+                           seed=seed, prompts=prompts, no_speech=no_speech), plain

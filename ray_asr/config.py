@@ -48,9 +48,12 @@ class LabelsConfig:
     """Share of training clips (of those without a `train.prompt_vocabulary` prompt) given another clip's
     transcript as Whisper's previous-text context (`<|startofprev|> ...`), masked from the loss, so a fine-tune
     keeps using a prompt; 0.2 is a usual choice."""
+    no_speech: float = 0.0
+    """Noise-only or silent clips added to training batches, per real clip (0.05: one in twenty), each labelled
+    with an empty transcript, so a fine-tune keeps answering silence and noise with nothing."""
 
     def check(self) -> None:
-        for key in ("timestamps", "previous_text"):
+        for key in ("timestamps", "previous_text", "no_speech"):
             value = getattr(self, key)
             need(isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1,
                  f"data.labels.{key}", "must be in [0, 1]", value)
@@ -105,7 +108,7 @@ class DataConfig:
     """Local folder for activations past `activation_cache_mb` (and, with several workers on a node, for sharing
     them); default a folder in the system's temp dir, removed when the run ends."""
     labels: LabelsConfig = field(default_factory=LabelsConfig)
-    """How training labels are built: `{timestamps: 0.5, previous_text: 0.2}`."""
+    """How training labels are built: `{timestamps: 0.5, previous_text: 0.2, no_speech: 0.05}`."""
 
     def check(self) -> None:
         one_of(self.wire_dtype, "data.wire_dtype", ("int16", "float32"))

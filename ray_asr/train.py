@@ -78,6 +78,12 @@ def _dummy_batch(n_mels: int, eos: int, device) -> dict:
             "labels": torch.tensor([[eos]], device=device), "id": [""], "text": [""]}
 
 
+
+def cache_keys(split: str, ids, cacheable: bool) -> list[str | None]:
+    """The activation cache's key of each clip of a batch: its split and row id; None (never cached) for the
+    collator's no-speech clips, new noise every time, and for every clip of a batch that is not cacheable."""
+    return [f"{split}/{i}" if cacheable and not str(i).startswith(collate.NO_SPEECH_ID) else None for i in ids]
+
 class Worker:
     """One rank's training state: engine, data iterators, counters. `run()` is the whole recipe."""
 
@@ -103,7 +109,7 @@ class Worker:
         # Each rank masks with its own generator (seed + a prime stride per rank).
         self.train_collate, self.collate = collate.for_splits(n_mels, self.cfg.data.wire_dtype, self.device,
                                                               self.cfg.train.spec_augment, self.cfg.train.seed + 7919 * self.rank,
-                                                              prompts=self._prompts())
+                                                              prompts=self._prompts(), no_speech=self._no_speech())
         self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
         self.state = RunState()
         self.loss_sum, self.loss_count, self.steps_run = torch.zeros((), device=self.device), 0, 0
@@ -124,6 +130,13 @@ class Worker:
         terms = vocabulary.read_terms(spec["file"]) if spec else []
         return collate.PromptMaker(terms, float(spec.get("p", 0.5)), int(spec.get("distractors", 3)), self.tokenizer,
                                    self.engine.module.config.decoder_start_token_id, previous_text=previous)
+
+    def _no_speech(self) -> collate.NoSpeechMaker | None:
+        """`data.labels.no_speech` as the training collator's no-speech clip maker, or None."""
+        share = self.cfg.data.labels.no_speech
+        if not share:
+            return None
+        return collate.NoSpeechMaker(share, (*self.tokenizer.prefix, self.tokenizer.eos_token_id))
 
     def _precision(self) -> str:
         """`train.precision`, `auto` resolved the same on every rank (bf16 only if every rank has it natively)."""
@@ -300,7 +313,7 @@ class Worker:
         if self.boundary is None:
             return {"input_features": features}
         cacheable = real and (split != "train" or not self._perturbed())
-        keys = [f"{split}/{i}" if cacheable else None for i in batch["id"]]
+        keys = cache_keys(split, batch["id"], cacheable)
         return {"encoder_outputs": BaseModelOutput(last_hidden_state=self.boundary(features, keys))}
 
     def _train_step(self, batch: dict, real: bool) -> bool:

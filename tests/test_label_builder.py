@@ -101,6 +101,7 @@ def test_a_timed_batch_trains(timed_model, tokenizer):
      "data.labels.timestamps: cannot be used with augment speed"),
     ({"data": {"labels": {"timestmps": 0.5}}}, "timestmps"),
     ({"data": {"labels": {"previous_text": -0.1}}}, "data.labels.previous_text: must be in [0, 1]"),
+    ({"data": {"labels": {"no_speech": 2}}}, "data.labels.no_speech: must be in [0, 1]"),
 ])
 def test_label_config_errors_name_the_key(values, says):
     with pytest.raises(ConfigError, match=says.replace("[", r"\[").replace("]", r"\]")):
@@ -130,3 +131,45 @@ def test_previous_text_prompts_carry_another_clips_transcript_masked(tokenizer):
     assert alone_inputs[0, 0] == start and alone_targets[0].tolist() == plain[0]
     never = PromptMaker([], 0.0, 0, tokenizer, start, previous_text=0.0)
     assert (never(plain, texts, np.random.default_rng(0))[1] != IGNORE_INDEX).sum() == sum(map(len, plain))
+
+
+def test_no_speech_clips_join_a_batch_with_an_empty_transcript(tokenizer):
+    from ray_asr.collate import NO_SPEECH_ID, NoSpeechMaker, WhisperCollator
+
+    empty = (*tokenizer.prefix, tokenizer.eos_token_id)
+    speech = [audio.to_wire(_burst(0.1, 1.0, 0.1, seed=i), "int16") for i in range(8)]
+    batch = {"audio": np.array(speech + [None], dtype=object)[:-1], "id": np.array([f"r{i}" for i in range(8)]),
+             "text": np.array(["a clip"] * 8), "labels": np.array([labels.encode(tokenizer, "a clip")] * 8 + [None],
+                                                                 dtype=object)[:-1]}
+    collator = WhisperCollator(n_mels=80, keep=("id", "text"), seed=3, no_speech=NoSpeechMaker(1.0, empty))
+    out = collator(batch)
+    added = [i for i, row_id in enumerate(out["id"]) if row_id.startswith(NO_SPEECH_ID)]
+    assert out["id"][:8] == [f"r{i}" for i in range(8)] and len(added) == 8  # share 1.0: one per real clip
+    for i in added:
+        row = out["labels"][i]
+        assert row[row != -100].tolist() == list(empty) and out["text"][i] == ""
+    assert out["input_features"].shape[0] == 16 and torch.isfinite(out["input_features"]).all()
+    few = WhisperCollator(n_mels=80, keep=("id",), seed=3, no_speech=NoSpeechMaker(0.05, empty))
+    counts = [len(few(batch)["id"]) - 8 for _ in range(200)]
+    assert 0.2 < np.mean(counts) < 0.6  # 8 x 0.05 = 0.4 expected per batch
+
+
+def test_no_speech_clips_are_noise_or_silence_at_a_speech_free_level(tokenizer):
+    from ray_asr.collate import NO_SPEECH_DBFS, NoSpeechMaker
+
+    maker = NoSpeechMaker(1.0, (1, 2, 3, 4))
+    batch = maker({"audio": [np.zeros(10, np.float32)] * 40, "id": list(range(40)), "text": [""] * 40,
+                   "labels": [[1]] * 40}, np.random.default_rng(0))
+    added = list(batch["audio"])[40:]
+    levels = [20 * np.log10(np.sqrt(np.mean(w.astype(np.float64) ** 2))) for w in added if np.any(w)]
+    assert len(added) == 40 and 0 < len(levels) < 40  # some silent, most noise
+    assert all(NO_SPEECH_DBFS[0] - 0.1 <= level <= NO_SPEECH_DBFS[1] + 0.1 for level in levels)
+    assert all(1.0 <= len(w) / RATE <= 10.0 for w in added)
+
+
+def test_no_speech_clips_never_enter_the_activation_cache():
+    from ray_asr.collate import NO_SPEECH_ID
+    from ray_asr.train import cache_keys
+
+    assert cache_keys("train", ["a", f"{NO_SPEECH_ID}7", "b"], True) == ["train/a", None, "train/b"]
+    assert cache_keys("train", ["a", "b"], False) == [None, None]

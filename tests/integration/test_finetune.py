@@ -40,8 +40,10 @@ def _losses(out: Path) -> list[float]:
 def test_zero0_frozen_depth_trains_and_exports_a_model_transformers_loads(tmp_path):
     terms = tmp_path / "terms.txt"  # half the clips train behind a vocabulary prompt (masked from the loss)
     terms.write_text("ka\ntu\nmi\nsa\n")
+    # The label builder's prompt and no-speech clips ride along (these never enter the activation cache).
     cfg = _smoke(tmp_path, "train.deepspeed.stage=0", "train.frozen_encoder_layers=1", "train.report_to=[tensorboard]",
-                 "train.log_every_steps=2", f"train.prompt_vocabulary={{file: {terms}, p: 0.5}}")
+                 "train.log_every_steps=2", f"train.prompt_vocabulary={{file: {terms}, p: 0.5}}",
+                 "data.labels={previous_text: 0.3, no_speech: 0.2}")
     summary = finetune.run(cfg)
     out = Path(cfg.output_dir)
     losses = _losses(out)
