@@ -71,9 +71,21 @@ def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
     return LabelTokenizer(backend, prefix, token_id("<|endoftext|>"), backend.token_to_id("<|0.00|>"))
 
 
-def encode(tokenizer: LabelTokenizer, text: str) -> list[int]:
-    """Label ids for one transcript, ending in end-of-text, without the start token."""
-    return [*tokenizer.prefix, *tokenizer.backend.encode(text, add_special_tokens=False).ids, tokenizer.eos_token_id]
+def language_token(tokenizer: LabelTokenizer, language: str) -> int:
+    """The `<|xx|>` id of a language given as a code, token or name; ValueError when Whisper has none."""
+    found = tokenizer.backend.token_to_id(f"<|{language.strip('<|>').lower()}|>")
+    if found is None:  # a name (`german`): transformers' table, imported only here
+        found = tokenizer.backend.token_to_id(f"<|{language_code(language)}|>")
+    if found is None:
+        raise ValueError(f"language {language!r} is not one of Whisper's (a code such as en, de, sw, or its name)")
+    return found
+
+
+def encode(tokenizer: LabelTokenizer, text: str, language: str | None = None) -> list[int]:
+    """Label ids for one transcript, ending in end-of-text, without the start token; `language` (a row's own)
+    replaces the tokenizer's language token."""
+    prefix = tokenizer.prefix if not language else (language_token(tokenizer, language), *tokenizer.prefix[1:])
+    return [*prefix, *tokenizer.backend.encode(text, add_special_tokens=False).ids, tokenizer.eos_token_id]
 
 
 def timestamp_token(tokenizer: LabelTokenizer, seconds: float) -> int:
@@ -86,9 +98,9 @@ def timestamp_token(tokenizer: LabelTokenizer, seconds: float) -> int:
 def timed(tokenizer: LabelTokenizer, labels: list[int], start_s: float, end_s: float) -> list[int]:
     """`encode`'s labels with the text between timestamp tokens instead of after `<|notimestamps|>`: how Whisper
     was trained to mark a segment, and what its long-form decoding seeks by."""
-    text = labels[len(tokenizer.prefix) : -1]
+    language_and_task, text = labels[: len(tokenizer.prefix) - 1], labels[len(tokenizer.prefix) : -1]
     start = timestamp_token(tokenizer, start_s)
-    return [*tokenizer.prefix[:-1], start, *text, max(start, timestamp_token(tokenizer, end_s)), tokenizer.eos_token_id]
+    return [*language_and_task, start, *text, max(start, timestamp_token(tokenizer, end_s)), tokenizer.eos_token_id]
 
 
 def fits(labels: list[int]) -> bool:

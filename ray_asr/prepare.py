@@ -17,7 +17,7 @@ from ray_asr.audio import Rejected
 REASONS = (
     "not_utf8", "malformed_json", "missing_keys", "empty_transcript", "transcript_too_long",
     "missing_file", "empty_file", "corrupt_file", "unsupported_codec", "non_finite_samples", "too_long",
-    "internal_error",
+    "unknown_language", "internal_error",
 )
 
 
@@ -31,7 +31,10 @@ def prepare(row: dict, tokenizer, max_duration_s: float) -> tuple[np.ndarray, li
     text = (row["text"] or "").strip()
     if not text:
         raise Rejected("empty_transcript", "transcript is empty")
-    ids = labels.encode(tokenizer, text)
+    try:
+        ids = labels.encode(tokenizer, text, row.get("language"))  # rows built before `language` existed lack it
+    except ValueError as err:
+        raise Rejected("unknown_language", str(err)) from None
     if not labels.fits(ids):
         raise Rejected("transcript_too_long",
                        f"transcript is {len(ids) + 1} tokens with its prompt, over Whisper's {labels.MAX_TARGET_TOKENS}")

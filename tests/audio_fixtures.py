@@ -108,6 +108,10 @@ def build_catalogue(folder: Path) -> Catalogue:
         ("json_not_object", b'["clips/good_16k.wav", "a list"]', "malformed_json"),
         ("missing_text", json.dumps({"audio": "clips/good_16k.wav"}).encode(), "missing_keys"),
         ("missing_audio", json.dumps({"text": "no audio key"}).encode(), "missing_keys"),
+        ("good_german", json.dumps({"audio": "clips/good_16k.wav", "text": "ein guter Satz", "language": "de"}).encode(),
+         None),
+        ("unknown_language", json.dumps({"audio": "clips/good_16k.wav", "text": "qapla", "language": "klingon"}).encode(),
+         "unknown_language"),
     ]
     manifest = folder / "manifest.jsonl"
     manifest.write_bytes(b"\n".join(line for _, line, _ in cases) + b"\n")

@@ -43,7 +43,7 @@ def test_timestamps_tokenise_on_the_20_ms_grid(tokenizer, start, length, end_ext
 
 def _burst(before_s: float, speech_s: float, after_s: float, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    silence = lambda s: 1e-5 * rng.standard_normal(round(s * RATE))  # noqa: E731 (a floor of room noise)
+    silence = lambda s: 1e-5 * rng.standard_normal(round(s * RATE))
     t = np.arange(round(speech_s * RATE)) / RATE
     speech = 0.3 * np.sin(2 * np.pi * 220 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t))
     return np.concatenate([silence(before_s), speech, silence(after_s)]).astype(np.float32)
@@ -173,3 +173,9 @@ def test_no_speech_clips_never_enter_the_activation_cache():
 
     assert cache_keys("train", ["a", f"{NO_SPEECH_ID}7", "b"], True) == ["train/a", None, "train/b"]
     assert cache_keys("train", ["a", "b"], False) == [None, None]
+
+
+def test_timestamps_keep_a_rows_own_language(tokenizer):
+    german = labels.encode(tokenizer, "guten Tag", "de")
+    timed = labels.timed(tokenizer, german, 0.2, 1.0)
+    assert timed[:2] == german[:2] and timed[0] == tokenizer.backend.token_to_id("<|de|>")

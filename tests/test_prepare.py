@@ -12,7 +12,7 @@ from audio_fixtures import build_catalogue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_asr import audio, sources
+from ray_asr import audio, labels, sources
 from ray_asr.audio import Rejected
 from ray_asr.prepare import REASONS, SEGMENT_TOLERANCE_S, prepare, quarantine_record
 
@@ -59,6 +59,15 @@ def test_resampled_and_stereo_rows_become_16k_mono(catalogue, rows, tokenizer):
     assert len(stereo) == audio.SAMPLE_RATE
     # channels are 0.5x and 1.0x one signal (peak ~0.27); the mean downmix is 0.75x of it
     assert 0.15 < np.abs(stereo).max() < 0.3
+
+
+def test_a_rows_language_reaches_its_labels_prompt(catalogue, rows, tokenizer):
+    """`language` per row (a manifest key) sets the row's language token; the others keep the model's."""
+    _, german = prepare(rows[catalogue.ids["good_german"]], tokenizer, 30.0)
+    _, english = prepare(rows[catalogue.ids["good_16k"]], tokenizer, 30.0)
+    de = tokenizer.backend.token_to_id("<|de|>")
+    assert german[0] == de and german[1:3] == list(tokenizer.prefix[1:]) and english[:3] == list(tokenizer.prefix)
+    assert labels.encode(tokenizer, "x", "German")[0] == labels.encode(tokenizer, "x", "<|de|>")[0] == de
 
 
 def test_max_duration_is_the_configured_bound(catalogue, rows, tokenizer):

@@ -26,6 +26,7 @@ RAW_SCHEMA = pa.schema([
     ("error_detail", pa.string()),
     ("offset", pa.float64()),  # seconds into the audio file where the row's segment starts; null = 0
     ("duration", pa.float64()),  # seconds of the segment; null = to the end of the file
+    ("language", pa.string()),  # the row's `language` (a code such as de, or a name); null = model.language
 ])
 AUDIO_KEYS = ("audio", "path", "audio_filepath", "file", "file_name")  # file_name: HF audiofolder metadata
 TEXT_KEYS = ("text", "sentence", "transcription", "transcript", "normalized_text")
@@ -53,7 +54,7 @@ def raw_row(shard: Shard, number: int, raw: str, **fields) -> dict:
     """A raw row with id `<file>:<number>`; `fields` set its other columns (the rest are null)."""
     result = {"id": f"{Path(shard.path).name}:{number}", "source": shard.path, "raw": raw, "audio_path": None,
               "audio_bytes": None, "text": None, "error": None, "error_detail": None, "offset": None,
-              "duration": None}
+              "duration": None, "language": None}
     result.update(fields)
     return result
 
@@ -74,6 +75,9 @@ def from_record(shard: Shard, number: int, raw: str, record: dict, audio_root: P
     if missing:
         return raw_row(shard, number, raw, error="missing_keys", error_detail=f"row has no {' or '.join(missing)} key")
     fields = {"text": text if isinstance(text, str) else None}
+    language = record.get("language")
+    if isinstance(language, str) and language.strip():
+        fields["language"] = language.strip()
     if text is not None and not isinstance(text, str):
         return raw_row(shard, number, raw, error="empty_transcript", error_detail=f"text is {type(text).__name__}, not a string")
     if isinstance(audio, dict):  # HF Audio feature: {"bytes": ..., "path": ...}
