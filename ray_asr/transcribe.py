@@ -76,10 +76,23 @@ class Transcriber:
         import torch
 
         prompt = {"prompt_ids": self.prompt_ids.to(self.device)} if self.prompt_ids is not None else {}
-        with torch.no_grad():
-            out = self.model.generate(**self.features(waves), language=self.language, task=self.task,
-                                      return_timestamps=True, return_segments=True, num_beams=self.beam_size,
-                                      **prompt)
+        features = self.features(waves)
+
+        def decode(beams: int) -> dict:
+            with torch.no_grad():
+                return self.model.generate(**features, language=self.language, task=self.task, return_timestamps=True,
+                                           return_segments=True, num_beams=beams, **prompt)
+
+        try:
+            out = decode(self.beam_size)
+        except IndexError:
+            # transformers' long-form loop reads the last token of each window's output, and beam search can
+            # return an empty one (seen with a random test model): that batch is decoded greedily instead.
+            if self.beam_size == 1:
+                raise
+            print(f"ray-asr transcribe: beam search failed inside transformers on a batch of {len(waves)} file(s); "
+                  "decoded greedily", file=sys.stderr)
+            out = decode(1)
         return [self._transcript(segments, len(wave) / SAMPLE_RATE) for segments, wave in zip(out["segments"], waves,
                                                                                             strict=True)]
 

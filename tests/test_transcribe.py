@@ -143,3 +143,15 @@ def test_a_75_second_recording_gives_every_sentence_once_in_order(whisper_base, 
     per_clip = error_rates(sentences, [t.text for t in clip_by_clip])["wer"]
     whole = error_rates([" ".join(sentences)], [" ".join(text for *_, text in cues)])["wer"]
     assert whole <= per_clip + 0.05, (whole, per_clip)
+
+
+def test_a_beam_search_failure_in_long_form_falls_back_to_greedy(tiny_model, tmp_path, capsys):
+    """With the random tiny model, transformers' long-form beam search indexes an empty window output; the batch
+    is decoded greedily with one line on stderr, and every file is still transcribed."""
+    waves = [sf.read(SPEECH / f"{i:02d}.flac")[0] for i in range(3)]
+    sf.write(tmp_path / "long.wav", np.concatenate(waves * 8), 16_000)  # past 30 s: long-form decoding
+    assert transcribe.run(str(tiny_model), [str(tmp_path / "long.wav")], fmt="json", out=str(tmp_path / "out"),
+                          beam_size=2) == 0
+    assert json.loads((tmp_path / "out" / "long.json").read_text()).keys() == {"text", "segments"}
+    # If this fails, transformers no longer trips here: the fallback in `Transcriber` may go.
+    assert "decoded greedily" in capsys.readouterr().err
