@@ -37,8 +37,12 @@ def test_catalogue_through_the_pipeline(catalogue, tiny_model, tmp_path):
 
 
 def test_rejected_share_over_the_limit_fails_the_stream_clearly(catalogue, tiny_model, tmp_path):
-    cfg = config.from_dict({"model": {"name_or_path": str(tiny_model)}, "data": {"train": str(catalogue.manifest)},
-                            "output_dir": str(tmp_path)})
+    # A stream that fails in this process leaves its decode actors alive, each holding its CPUs, until its
+    # executor is collected; the next tests then waited for CPUs (once past their time). One actor at a
+    # quarter CPU leaves them the rest.
+    cfg = config.from_dict({"model": {"name_or_path": str(tiny_model)}, "output_dir": str(tmp_path),
+                            "data": {"train": str(catalogue.manifest), "prepare_concurrency": 1,
+                                     "prepare_num_cpus": 0.25}})
     sink = data.open_sink(cfg.quarantine_path)
     with pytest.raises(Exception, match=r"data.train: \d+ of \d+ rows rejected, over data.max_rejected_fraction=0.01"):
         _rows(data.build_dataset(cfg, "train", sink))
