@@ -217,8 +217,10 @@ def _quantize_reduced_range(spec, name: str, value) -> None:
         return
     weights = value.detach().to(torch.float32).cpu().numpy()
     rows = weights.reshape(weights.shape[0], -1)  # conv kernels (out, in, width) scale per output channel
+    # A zero row keeps scale 1; a tiny one is held where its scale stays finite in float32.
     amax = np.abs(rows).max(axis=1)
-    scale = (np.float32(INT8_CPU_RANGE) / np.where(amax > 0, amax, np.float32(1.0))).astype(np.float32)
+    amax = np.maximum(np.where(amax > 0, amax, np.float32(1.0)), np.float32(INT8_CPU_RANGE) / np.finfo(np.float32).max)
+    scale = (np.float32(INT8_CPU_RANGE) / amax).astype(np.float32)
     setattr(spec, key, np.rint(rows * scale[:, None]).astype(np.int8).reshape(weights.shape))
     setattr(spec, f"{key}_scale", scale)
 
