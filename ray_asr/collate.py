@@ -66,7 +66,7 @@ class PromptMaker:
         backend, eos = self.tokenizer.backend, self.tokenizer.eos_token_id
         inputs, targets = [], []
         for i, (ids, text) in enumerate(zip(label_lists, texts, strict=True)):
-            ids = [int(i) for i in ids]
+            ids = [int(token) for token in ids]
             prompt = []
             if self.terms and rng.random() < self.p:
                 prompt = vocabulary.prompt_ids(backend,
@@ -101,6 +101,7 @@ class NoSpeechMaker:
     labels: tuple[int, ...]
     """`<|lang|><|task|><|notimestamps|><|endoftext|>`."""
     sample_rate: int = 16_000
+    """Rate of the batch's waveforms (the data tier's 16 kHz)."""
 
     def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
         from augment.noise import coloured_noise

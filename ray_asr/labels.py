@@ -62,20 +62,25 @@ def load_tokenizer(model_dir: str, language: str, task: str) -> LabelTokenizer:
             raise ValueError(f"{model_dir}: tokenizer has no {token} token (language or task not supported)")
         return found
 
-    # A code (`en`) is a token of the vocabulary; only a name (`english`) needs transformers' table, whose import
-    # the decode actors of the data tier should not pay.
-    code = language.strip("<|>").lower()
-    if backend.token_to_id(f"<|{code}|>") is None:
-        code = language_code(language)
-    prefix = (token_id(f"<|{code}|>"), token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
+    language_id = _language_id(backend, language)
+    if language_id is None:
+        raise ValueError(f"{model_dir}: tokenizer has no <|{language_code(language)}|> token (language or task not "
+                         "supported)")
+    prefix = (language_id, token_id(f"<|{task}|>"), token_id("<|notimestamps|>"))
     return LabelTokenizer(backend, prefix, token_id("<|endoftext|>"), backend.token_to_id("<|0.00|>"))
+
+
+def _language_id(backend, language: str) -> int | None:
+    """The `<|xx|>` id of a language given as a code, token or name, or None. A code (`en`) is a token of the
+    vocabulary; only a name (`english`) needs transformers' table, whose import the decode actors of the data
+    tier should not pay."""
+    found = backend.token_to_id(f"<|{language.strip('<|>').lower()}|>")
+    return found if found is not None else backend.token_to_id(f"<|{language_code(language)}|>")
 
 
 def language_token(tokenizer: LabelTokenizer, language: str) -> int:
     """The `<|xx|>` id of a language given as a code, token or name; ValueError when Whisper has none."""
-    found = tokenizer.backend.token_to_id(f"<|{language.strip('<|>').lower()}|>")
-    if found is None:  # a name (`german`): transformers' table, imported only here
-        found = tokenizer.backend.token_to_id(f"<|{language_code(language)}|>")
+    found = _language_id(tokenizer.backend, language)
     if found is None:
         raise ValueError(f"language {language!r} is not one of Whisper's (a code such as en, de, sw, or its name)")
     return found

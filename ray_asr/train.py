@@ -78,11 +78,11 @@ def _dummy_batch(n_mels: int, eos: int, device) -> dict:
             "labels": torch.tensor([[eos]], device=device), "id": [""], "text": [""]}
 
 
-
 def cache_keys(split: str, ids, cacheable: bool) -> list[str | None]:
     """The activation cache's key of each clip of a batch: its split and row id; None (never cached) for the
     collator's no-speech clips, new noise every time, and for every clip of a batch that is not cacheable."""
     return [f"{split}/{i}" if cacheable and not str(i).startswith(collate.NO_SPEECH_ID) else None for i in ids]
+
 
 class Worker:
     """One rank's training state: engine, data iterators, counters. `run()` is the whole recipe."""
