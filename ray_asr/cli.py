@@ -208,6 +208,33 @@ def _demo_corpus(args) -> int:
     return EXIT_OK
 
 
+def _abilities_corpus(args) -> int:
+    from ray_asr import abilities_corpus
+
+    for name, path in abilities_corpus.build(args.out_dir, args.seed).items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _regress(args) -> int:
+    from ray_asr import regress
+    from ray_asr.model import require_folder
+    from ray_asr.sources import SourceError
+
+    try:
+        for folder in (args.base_dir, args.model_dir):
+            require_folder(folder)
+        suite = regress.Suite.load(args.suite, prompts=args.prompts)
+        report = regress.regress(args.base_dir, args.model_dir, suite, args.batch_size)
+    except (SourceError, FileNotFoundError, OSError, ValueError) as err:
+        print(f"ray-asr regress: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    written = regress.write(report, args.out)
+    print(regress.markdown(report), end="")
+    print("wrote " + ", ".join(str(path) for path in written))
+    return EXIT_OK
+
+
 def _demo(args) -> int:
     from ray_asr.demo import run
 
@@ -292,6 +319,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accent", help="speak it in this accent (french), eval/general splits by held-out speakers")
     p.set_defaults(run=_demo_corpus)
+
+    p = command("abilities-corpus", help="synthesise the abilities suite `regress` measures (and its rehearsal set)")
+    p.add_argument("out_dir")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_abilities_corpus)
+
+    p = command("regress", help="what a fine-tune kept of Whisper's abilities: base and fine-tuned side by side")
+    p.add_argument("base_dir", help="the model before fine-tuning")
+    p.add_argument("model_dir", help="the fine-tuned model")
+    p.add_argument("--suite", default="default",
+                   help="default (built offline into data/abilities the first time) or a YAML file naming manifests: "
+                        "languages, timestamps, long_form, noise, prompts")
+    p.add_argument("--prompts", metavar="MANIFEST",
+                   help="in-domain clips for the prompts test (each decoded after the one before it); default: the suite's")
+    p.add_argument("--out", default="abilities.json", help="the report (JSON), with its .md table beside it")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.set_defaults(run=_regress)
 
     p = command("demo", help="the main job on the embedded default (whisper-base, demo corpus)")
     p.add_argument("--workdir", default=".", help="where models/, data/ and runs/ are created")

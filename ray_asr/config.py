@@ -108,6 +108,11 @@ class DataConfig:
     """Local folder for activations past `activation_cache_mb` (and, with several workers on a node, for sharing
     them); default a folder in the system's temp dir, removed when the run ends."""
     labels: LabelsConfig = field(default_factory=LabelsConfig)
+    """Label forms that keep Whisper's own abilities through a fine-tune (timestamps, prompts, silence)."""
+    mix: list = field(default_factory=list)
+    """Other sets mixed into training, each `{manifest: PATH, weight: W}`: W of its rows per `train` row each epoch
+    (0.2: one in five; a set too small for its share repeats), e.g. speech in other languages or general speech
+    rehearsed against forgetting. Rows keep their own `language`. The same rows every epoch, chosen by `train.seed`."""
     """How training labels are built: `{timestamps: 0.5, previous_text: 0.2, no_speech: 0.05}`."""
 
     def check(self) -> None:
@@ -126,6 +131,15 @@ class DataConfig:
         _check_transforms("data.preprocess", self.preprocess)
         _check_resources("data.augment_resources", self.augment_resources)
         self.labels.check()
+        need(isinstance(self.mix, list), "data.mix", "must be a list of {manifest, weight}", self.mix)
+        for i, item in enumerate(self.mix):
+            need(isinstance(item, dict) and set(item) == {"manifest", "weight"}, f"data.mix[{i}]",
+                 "must be {manifest: PATH, weight: W}", item)
+            need(isinstance(item["manifest"], str) and item["manifest"], f"data.mix[{i}].manifest", "must be a path",
+                 item["manifest"])
+            weight = item["weight"]
+            need(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
+                 f"data.mix[{i}].weight", "must be a number > 0", weight)
 
 
 @dataclass

@@ -29,7 +29,7 @@ from ray.data.datasource import Datasource, ReadTask
 from ray_asr import audio, labels, sources
 from ray_asr.audio import Rejected
 from ray_asr.config import Config
-from ray_asr.prepare import prepare, quarantine_record
+from ray_asr.prepare import examples, quarantine_record
 
 PREPARED_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -75,22 +75,63 @@ class TooManyRejected(RuntimeError):
 
 
 class ManifestDatasource(Datasource):
-    """A planned source (see `ray_asr.sources`) as a Ray Data datasource: one read task per shard."""
+    """A planned source (see `ray_asr.sources`) as a Ray Data datasource: one read task per shard.
 
-    def __init__(self, source: str | Path):
+    `mix` (`data.mix`: `[{manifest, weight}]`) adds other sets' shards, interleaved evenly with the source's
+    so the mixed rows spread over the epoch; each keeps a seeded share of its rows (`weight` per source row),
+    repeating a set too small for its share under new ids (`<id>@<repeat>`).
+    """
+
+    def __init__(self, source: str | Path, mix: list[dict] = (), seed: int = 0):
         self.source = str(source)
         self.shards, self.num_rows = sources.plan(source)
+        self.parts = [(shard, 0, 1.0) for shard in self.shards]  # (shard, repeat, share of its rows kept)
+        mixed_tasks = []
+        for item in mix:
+            shards, rows = sources.plan(item["manifest"])
+            wanted = item["weight"] * (self.num_rows or 0)
+            repeats = max(1, math.ceil(wanted / max(rows or 1, 1)))
+            keep = min(1.0, wanted / (max(rows or 1, 1) * repeats))
+            mixed_tasks += [(shard, r, keep) for r in range(repeats) for shard in shards]
+            self.num_rows = (self.num_rows or 0) + round(wanted)
+        self.parts = _interleave(self.parts, mixed_tasks)
+        self.seed = seed
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
-        def task(shard: sources.Shard) -> ReadTask:
-            meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(shard.path,))
-            return ReadTask(lambda: [sources.read_shard(shard)], meta, schema=sources.RAW_SCHEMA,
-                            per_task_row_limit=per_task_row_limit)
+        seed = self.seed
 
-        return [task(shard) for shard in self.shards]
+        def task(shard: sources.Shard, repeat: int, keep: float) -> ReadTask:
+            meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(shard.path,))
+            read = (lambda: [sources.read_shard(shard)]) if keep == 1.0 and repeat == 0 else (
+                lambda: [_mixed_share(sources.read_shard(shard), repeat, keep, seed)])
+            return ReadTask(read, meta, schema=sources.RAW_SCHEMA, per_task_row_limit=per_task_row_limit)
+
+        return [task(*part) for part in self.parts]
+
+
+# The `epoch` of the generator that picks a mixed set's rows: one no run reaches (see LABEL_STREAM).
+MIX_STREAM = 1_000_033
+
+
+def _mixed_share(table: pa.Table, repeat: int, keep: float, seed: int) -> pa.Table:
+    """The rows of a mixed set's shard that one repeat keeps, renamed `<id>@<repeat>` after the first."""
+    ids = table.column("id").to_pylist()
+    mask = [row_rng(seed, MIX_STREAM + repeat, i).random() < keep for i in ids]
+    table = table.filter(pa.array(mask, pa.bool_()))
+    if repeat:
+        renamed = pa.array([f"{i}@{repeat}" for i in table.column("id").to_pylist()], pa.string())
+        table = table.set_column(table.schema.get_field_index("id"), "id", renamed)
+    return table
+
+
+def _interleave(first: list, second: list) -> list:
+    """Both lists merged so that each's items spread evenly over the result, in their own order."""
+    keyed = [((i + 0.5) / len(first), 0, item) for i, item in enumerate(first)]
+    keyed += [((i + 0.5) / len(second), 1, item) for i, item in enumerate(second)]
+    return [item for *_, item in sorted(keyed, key=lambda k: k[:2])]
 
 
 @ray.remote(num_cpus=0)
@@ -175,23 +216,28 @@ class Preparer:
         accepted, rejected = [], []
         for row in batch.to_pylist():
             try:
-                wave, ids = prepare(row, self.tokenizer, self.max_duration_s)
-                if self.preprocess is not None:  # the same for every epoch and split
-                    wave = self.preprocess(wave, audio.SAMPLE_RATE, row_rng(self.seed, 0, row["id"]))
-                if with_timestamps(self.seed, row["id"], self.timestamps):
-                    ids = timed_or_plain(self.tokenizer, ids, wave)
+                made = []
+                for example in examples(row, self.tokenizer, self.max_duration_s):
+                    wave, ids = example.wave, example.labels
+                    if self.preprocess is not None:  # the same for every epoch and split
+                        wave = self.preprocess(wave, audio.SAMPLE_RATE, row_rng(self.seed, 0, example.id))
+                    packed = example.id != row["id"]  # a long recording's window: timed already
+                    if not packed and with_timestamps(self.seed, example.id, self.timestamps):
+                        ids = timed_or_plain(self.tokenizer, ids, wave, example.segments, row.get("language"))
+                    made.append((example.id, wave, ids, example.text))
             except Rejected as err:
                 rejected.append(quarantine_record(row, err.reason, err.detail))
                 continue
             except Exception as err:  # noqa: BLE001 (one odd file must never take the whole run down)
                 rejected.append(quarantine_record(row, "internal_error", f"{type(err).__name__}: {err}"))
                 continue
-            accepted.append((row["id"], len(wave) / audio.SAMPLE_RATE))
-            out["id"].append(row["id"])
-            out["audio"].append(audio.to_wire(wave, self.wire_dtype))
-            out["num_samples"].append(len(wave))
-            out["labels"].append(ids)
-            out["text"].append(row["text"].strip())
+            accepted.append((row["id"], sum(len(wave) for _, wave, _, _ in made) / audio.SAMPLE_RATE))
+            for example_id, wave, ids, text in made:
+                out["id"].append(example_id)
+                out["audio"].append(audio.to_wire(wave, self.wire_dtype))
+                out["num_samples"].append(len(wave))
+                out["labels"].append(ids)
+                out["text"].append(text)
         problem = ray.get(self.sink.record.remote(self.split, accepted, rejected))
         if problem:
             raise TooManyRejected(problem)
@@ -234,12 +280,12 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     source = getattr(cfg.data, split)
     if source is None:
         raise ValueError(f"data.{split}: not set")
-    datasource = ManifestDatasource(source)
+    datasource = ManifestDatasource(source, cfg.data.mix if split == "train" else (), cfg.train.seed)
     limit = cfg.data.max_rejected_fraction if enforce_limit else None
     ray.get(sink.register.remote(split, datasource.num_rows, limit))
     tier = {"resources": cfg.data.augment_resources} if cfg.data.augment_resources else {}
     ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier,
-                                  override_num_blocks=num_blocks(datasource.num_rows, len(datasource.shards),
+                                  override_num_blocks=num_blocks(datasource.num_rows, len(datasource.parts),
                                                                  cfg.data.prepare_batch_size))
     ds = ds.map_batches(
         Preparer,
@@ -289,9 +335,13 @@ def with_timestamps(seed: int, row_id: str, share: float) -> bool:
     return share > 0 and row_rng(seed, LABEL_STREAM, row_id).random() < share
 
 
-def timed_or_plain(tokenizer, ids: list[int], wave: np.ndarray) -> list[int]:
-    """The row's labels with timestamps at its speech bounds, or as they were if those do not fit."""
-    timed = labels.timed(tokenizer, ids, *audio.speech_bounds(wave))
+def timed_or_plain(tokenizer, ids: list[int], wave: np.ndarray, segments=None, language: str | None = None) -> list[int]:
+    """The labels with timestamps at the example's own segment times, else at its speech bounds; or as they were
+    if those do not fit."""
+    if segments:
+        timed = labels.timed_segments(tokenizer, segments, language)
+    else:
+        timed = labels.timed(tokenizer, ids, *audio.speech_bounds(wave))
     return timed if labels.fits(timed) else ids
 
 

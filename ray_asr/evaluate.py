@@ -95,7 +95,8 @@ class Scorer:
     """A model loaded once for scoring many clip sets (conditions, prompts) in this process."""
 
     def __init__(self, model_dir: str, language: str | None = None, batch_size: int = 8, device: str | None = None,
-                 beam_size: int = 1):
+                 beam_size: int = 1, model=None):
+        """`model`: one already loaded (training's own, evaluated in place); `model_dir` then gives its tokenizer."""
         from transformers.utils import logging as hf_logging
 
         from ray_asr import labels
@@ -103,8 +104,11 @@ class Scorer:
 
         hf_logging.set_verbosity_error()  # one warning per batch about max_length otherwise
         self.model_dir, self.batch_size, self.beam_size = model_dir, batch_size, beam_size
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = load(model_dir).eval().to(self.device)
+        if model is None:
+            self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+            self.model = load(model_dir).eval().to(self.device)
+        else:
+            self.model, self.device = model, next(model.parameters()).device
         config = self.model.generation_config
         # The code, not the name transformers saves ("english"): it picks the tokenizer's prompt and the normaliser.
         self.language = labels.language_code(language or config.language or "en")
@@ -117,8 +121,9 @@ class Scorer:
             return None
         return torch.tensor(vocabulary.prompt_ids(self.tokenizer.backend, prompt), device=self.device)
 
-    def rows(self, clips: list[Clip], prompt: str | None = None, transform=None) -> list[dict]:
-        """Per-utterance rows for `clips`, each wave first passed through `transform(wave, clip)` if given."""
+    def rows(self, clips: list[Clip], prompt: str | None = None, transform=None, language: str | None = None) -> list[dict]:
+        """Per-utterance rows for `clips`, each wave first passed through `transform(wave, clip)` if given;
+        `language` forces the decoding's language token (default: the model's)."""
         from ray_asr.collate import pad_labels, stack_waves
         from ray_asr.features import log_mel
 
@@ -132,7 +137,7 @@ class Scorer:
             if prompt_ids is not None:  # the prompt takes decoder positions from the transcript
                 limits = [max(1, min(limit, MAX_TARGET_TOKENS - PROMPT_TOKENS - len(prompt_ids))) for limit in limits]
             ids, runaway = generate(self.model, limits, self.tokenizer.eos_token_id, prompt_ids=prompt_ids,
-                                    beam_size=self.beam_size, input_features=features)
+                                    beam_size=self.beam_size, language=language, input_features=features)
             out += rows(self.tokenizer, ids, runaway, [c.text for c in chunk], [c.id for c in chunk])
         return out
 

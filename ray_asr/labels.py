@@ -108,6 +108,18 @@ def timed(tokenizer: LabelTokenizer, labels: list[int], start_s: float, end_s: f
     return [*language_and_task, start, *text, max(start, timestamp_token(tokenizer, end_s)), tokenizer.eos_token_id]
 
 
+def timed_segments(tokenizer: LabelTokenizer, segments, language: str | None = None) -> list[int]:
+    """Labels for a window of timed segments (`windows.Segment`, seconds from the window's start): each
+    segment's text between its start and end timestamp tokens, as Whisper marks consecutive segments."""
+    head = encode(tokenizer, "", language)[: len(tokenizer.prefix) - 1]
+    body = []
+    for s in segments:
+        start = timestamp_token(tokenizer, s.start)
+        text = tokenizer.backend.encode(" " + s.text, add_special_tokens=False).ids
+        body += [start, *text, max(start, timestamp_token(tokenizer, s.end))]
+    return [*head, *body, tokenizer.eos_token_id]
+
+
 def fits(labels: list[int]) -> bool:
     """Whether labels plus the start token fit Whisper's 448 decoder positions."""
     return len(labels) + 1 <= MAX_TARGET_TOKENS

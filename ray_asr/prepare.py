@@ -7,10 +7,11 @@ evaluation all call it, so they accept and reject exactly the same rows.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 import numpy as np
 
-from ray_asr import audio, labels
+from ray_asr import audio, labels, windows
 from ray_asr.audio import Rejected
 
 # The bad-input catalogue (docs/design.md): every reason a row can be quarantined for.
@@ -38,12 +39,63 @@ def prepare(row: dict, tokenizer, max_duration_s: float) -> tuple[np.ndarray, li
     if not labels.fits(ids):
         raise Rejected("transcript_too_long",
                        f"transcript is {len(ids) + 1} tokens with its prompt, over Whisper's {labels.MAX_TARGET_TOKENS}")
-    wave = audio.load(row["audio_bytes"] if row["audio_bytes"] is not None else row["audio_path"])
-    wave = segment(wave, row.get("offset"), row.get("duration"))  # rows built before segments existed lack them
+    wave = _audio(row)
     seconds = len(wave) / audio.SAMPLE_RATE
     if seconds > max_duration_s:
-        raise Rejected("too_long", f"clip is {seconds:.1f} s, over data.max_duration_s={max_duration_s:g}")
+        raise Rejected("too_long", f"clip is {seconds:.1f} s, over data.max_duration_s={max_duration_s:g} "
+                                   f"(a row with `segments` is packed into windows instead)")
     return wave, ids
+
+
+def _audio(row: dict) -> np.ndarray:
+    wave = audio.load(row["audio_bytes"] if row["audio_bytes"] is not None else row["audio_path"])
+    return segment(wave, row.get("offset"), row.get("duration"))  # rows built before segments existed lack them
+
+
+class Example(NamedTuple):
+    """One training example made from a row: a whole clip, or one window of a long recording."""
+
+    id: str
+    """The row's id; a window's is `<row id>#<window>`."""
+    wave: np.ndarray
+    labels: list[int]
+    text: str
+    segments: list | None
+    """The example's timed segments (`windows.Segment`, seconds into `wave`), when the row gave them."""
+
+
+def examples(row: dict, tokenizer, max_duration_s: float) -> list[Example]:
+    """`prepare` for a row, except that a row longer than `max_duration_s` (and 30 s) with timed `segments` is
+    packed into windows (`windows.pack`) with timestamped labels instead of being rejected."""
+    segments = windows.loads(row.get("segments"))
+    if segments is None:
+        return [Example(row["id"], *prepare(row, tokenizer, max_duration_s), row["text"].strip(), None)]
+    limit = min(max_duration_s, windows.WINDOW_S)
+    try:
+        wave, ids = prepare(row, tokenizer, max_duration_s=float("inf"))
+    except Rejected as err:
+        if err.reason != "transcript_too_long":  # a long recording's whole text may not fit; its windows' will
+            raise
+        wave, ids = _audio(row), None
+    seconds = len(wave) / audio.SAMPLE_RATE
+    if seconds <= limit and ids is not None:
+        return [Example(row["id"], wave, ids, row["text"].strip(), segments)]
+    if tokenizer.timestamp_begin is None:
+        raise Rejected("too_long", f"clip is {seconds:.1f} s, and the tokenizer has no timestamp tokens to pack it "
+                                   f"into {limit:g} s windows")
+    try:
+        packed = windows.pack(segments, seconds, limit)
+    except ValueError as err:
+        raise Rejected("too_long", str(err)) from None
+    out = []
+    for k, window in enumerate(packed):
+        ids = labels.timed_segments(tokenizer, window.segments, row.get("language"))
+        if not labels.fits(ids):
+            raise Rejected("transcript_too_long", f"window {k} ({window.start:.1f}-{window.end:.1f} s) is "
+                                                  f"{len(ids) + 1} tokens, over Whisper's {labels.MAX_TARGET_TOKENS}")
+        piece = wave[round(window.start * audio.SAMPLE_RATE) : round(window.end * audio.SAMPLE_RATE)]
+        out.append(Example(f"{row['id']}#{k}", piece, ids, window.text, list(window.segments)))
+    return out
 
 
 # How far a segment may end past the decoded audio and still be read (to the audio's end): lhotse allows

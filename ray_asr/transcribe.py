@@ -41,7 +41,10 @@ class Transcript:
 class Transcriber:
     """One Whisper model ready to decode (GPU when present, fp16 there), with its prompt ids."""
 
-    def __init__(self, model_dir: str, language: str | None = None, prompt: str | None = None, beam_size: int = 1):
+    def __init__(self, model_dir: str, language: str | None = None, prompt: str | None = None, beam_size: int = 1,
+                 model=None):
+        """`model`: one already loaded (training's own, decoded in place, as it is); `model_dir` then gives its
+        tokenizer and feature extractor."""
         import torch
         from transformers import WhisperProcessor
         from transformers.utils import logging as hf_logging
@@ -50,10 +53,13 @@ class Transcriber:
         from ray_asr import model as model_lib
 
         hf_logging.set_verbosity_error()  # generate's notes on its own defaults, once per call otherwise
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = model_lib.load(model_dir).eval().to(self.device)
-        if self.device == "cuda":
-            self.model = self.model.half()
+        if model is not None:
+            self.model, self.device = model, next(model.parameters()).device.type
+        else:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self.model = model_lib.load(model_dir).eval().to(self.device)
+            if self.device == "cuda":
+                self.model = self.model.half()
         self.processor = WhisperProcessor.from_pretrained(model_dir)
         config = self.model.generation_config
         self.language = labels.language_code(language or config.language or "en")

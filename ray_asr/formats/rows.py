@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from ray_asr import windows
+
 RAW_SCHEMA = pa.schema([
     ("id", pa.string()),  # "<file>:<line>" or "<file>:<row>", stable across epochs and reruns
     ("source", pa.string()),  # the file or folder the row came from
@@ -27,6 +29,7 @@ RAW_SCHEMA = pa.schema([
     ("offset", pa.float64()),  # seconds into the audio file where the row's segment starts; null = 0
     ("duration", pa.float64()),  # seconds of the segment; null = to the end of the file
     ("language", pa.string()),  # the row's `language` (a code such as de, or a name); null = model.language
+    ("segments", pa.string()),  # timed segments (`windows.dumps`) from `segments` or `start`/`end`; null = none
 ])
 AUDIO_KEYS = ("audio", "path", "audio_filepath", "file", "file_name")  # file_name: HF audiofolder metadata
 TEXT_KEYS = ("text", "sentence", "transcription", "transcript", "normalized_text")
@@ -54,7 +57,7 @@ def raw_row(shard: Shard, number: int, raw: str, **fields) -> dict:
     """A raw row with id `<file>:<number>`; `fields` set its other columns (the rest are null)."""
     result = {"id": f"{Path(shard.path).name}:{number}", "source": shard.path, "raw": raw, "audio_path": None,
               "audio_bytes": None, "text": None, "error": None, "error_detail": None, "offset": None,
-              "duration": None, "language": None}
+              "duration": None, "language": None, "segments": None}
     result.update(fields)
     return result
 
@@ -80,6 +83,11 @@ def from_record(shard: Shard, number: int, raw: str, record: dict, audio_root: P
         fields["language"] = language.strip()
     if text is not None and not isinstance(text, str):
         return raw_row(shard, number, raw, error="empty_transcript", error_detail=f"text is {type(text).__name__}, not a string")
+    if audio_key != "audio_filepath":  # NeMo's rows have no segments; its `offset` is not a segment start
+        try:
+            fields["segments"] = windows.dumps(windows.parse(record))
+        except ValueError as err:
+            return raw_row(shard, number, raw, error="missing_keys", error_detail=str(err))
     if isinstance(audio, dict):  # HF Audio feature: {"bytes": ..., "path": ...}
         if audio.get("bytes"):
             return raw_row(shard, number, raw, audio_bytes=audio["bytes"], **fields)

@@ -113,3 +113,37 @@ def test_training_rows_get_timestamp_labels_and_evaluation_rows_do_not(tmp_path)
         bounds = audio.speech_bounds(wave)
         assert (start - tokenizer.timestamp_begin) * 0.02 == pytest.approx(bounds[0], abs=0.011)
     assert all(row["labels"][:3] == list(tokenizer.prefix) for row in evaluation)
+
+
+def test_mixed_sets_and_a_long_recording_flow_through_the_training_split(tmp_path):
+    import soundfile as sf
+
+    from ray_asr import labels
+    from ray_asr.tiny import build_tiny_whisper
+
+    model = build_tiny_whisper(tmp_path / "tiny", timestamps=True)
+    clip = write_clip(tmp_path / "a.wav")
+    rng = np.random.default_rng(0)
+    sf.write(tmp_path / "long.flac", (0.1 * rng.standard_normal(70 * 16_000)).astype(np.float32), 16_000)
+    segments = [{"start": 1.0 + 7 * i, "end": 6.0 + 7 * i, "text": f"part {i}"} for i in range(9)]
+    rows = [{"audio": clip.name, "text": f"clip {i}"} for i in range(40)]
+    rows.append({"audio": "long.flac", "text": " ".join(s["text"] for s in segments), "segments": segments})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "german.jsonl").write_text("".join(json.dumps({"audio": clip.name, "text": f"satz {i}", "language": "de"})
+                                                   + "\n" for i in range(8)))
+    cfg = config.from_dict({"model": {"name_or_path": str(model)}, "output_dir": str(tmp_path),
+                            "data": {"train": str(tmp_path / "train.jsonl"), "prepare_batch_size": 8,
+                                     "mix": [{"manifest": str(tmp_path / "german.jsonl"), "weight": 0.5}]}})
+    tokenizer = labels.load_tokenizer(str(model), "en", "transcribe")
+    sink = data.open_sink(None)
+    out = _rows(data.build_dataset(cfg, "train", sink))
+    windows = [r for r in out if r["id"].startswith("train.jsonl:41#")]
+    assert " ".join(r["text"] for r in windows) == rows[-1]["text"] and len(windows) == 3
+    assert all(r["num_samples"] <= 30 * 16_000 and r["labels"][2] >= tokenizer.timestamp_begin for r in windows)
+    german = [r for r in out if r["id"].startswith("german.jsonl:")]
+    # 0.5 per training row (41): about 20 German rows, so the 8 repeat under new ids, each with <|de|>
+    assert 12 <= len(german) <= 28 and len({r["id"] for r in german}) == len(german)
+    assert all(r["labels"][0] == labels.language_token(tokenizer, "de") for r in german)
+    positions = [i for i, r in enumerate(out) if r["id"].startswith("german.jsonl:")]
+    assert positions[0] < len(out) / 3 and positions[-1] > 2 * len(out) / 3  # spread through the epoch
+    assert ray.get(sink.summary.remote("train"))["rejected"] == 0
