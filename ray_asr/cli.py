@@ -11,6 +11,7 @@ import argparse
 import errno
 import json
 import sys
+from pathlib import Path
 
 EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 RESUMABLE = ("finetune", "tune", "demo")  # commands whose rerun picks up from the last checkpoint
@@ -225,7 +226,8 @@ def _regress(args) -> int:
         for folder in (args.base_dir, args.model_dir):
             require_folder(folder)
         suite = regress.Suite.load(args.suite, prompts=args.prompts)
-        report = regress.regress(args.base_dir, args.model_dir, suite, args.batch_size)
+        base_from = json.loads(Path(args.base_from).read_text()) if args.base_from else None
+        report = regress.regress(args.base_dir, args.model_dir, suite, args.batch_size, base_from)
     except (SourceError, FileNotFoundError, OSError, ValueError) as err:
         print(f"ray-asr regress: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -334,6 +336,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="MANIFEST",
                    help="in-domain clips for the prompts test (each decoded after the one before it); default: the suite's")
     p.add_argument("--out", default="abilities.json", help="the report (JSON), with its .md table beside it")
+    p.add_argument("--base-from", metavar="REPORT", help="reuse the base's measurements from an earlier report "
+                                                         "(same base, same suite)")
     p.add_argument("--batch-size", type=int, default=8)
     p.set_defaults(run=_regress)
 

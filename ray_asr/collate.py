@@ -40,7 +40,8 @@ class PromptMaker:
     """Prompted decoder inputs and labels: `<|startofprev|> prompt <|startoftranscript|> labels`, the prompt masked.
 
     The prompt is domain terms (custom vocabulary) for a share `p` of clips, else, for a share `previous_text`
-    of the rest, the transcript of the clip before it in the batch: Whisper's previous-text context, which a
+    of the rest, the utterance before it (in its recording or by its speaker, where the data tier knew it; else
+    the transcript of the clip before it in the batch): Whisper's previous-text context, which a
     fine-tune without it may learn to ignore. Whisper builds decoder inputs by shifting the labels right
     behind the start token; with a prompt in front the inputs are given explicitly, and every label
     position up to the start token is -100, so the loss is the transcript's alone.
@@ -60,19 +61,22 @@ class PromptMaker:
     """Share of the clips without a terms prompt given another clip's transcript as context
     (`data.labels.previous_text`)."""
 
-    def __call__(self, label_lists, texts, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, label_lists, texts, rng: np.random.Generator, previous=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`previous`: per clip, the utterance before it in its recording or by its speaker (None: not known)."""
         from ray_asr import labels, vocabulary
 
         backend, eos = self.tokenizer.backend, self.tokenizer.eos_token_id
         inputs, targets = [], []
+        previous = previous if previous is not None else [None] * len(texts)
         for i, (ids, text) in enumerate(zip(label_lists, texts, strict=True)):
             ids = [int(token) for token in ids]
             prompt = []
             if self.terms and rng.random() < self.p:
                 prompt = vocabulary.prompt_ids(backend,
                                                vocabulary.training_prompt(self.terms, str(text), rng, self.distractors))
-            elif self.previous_text and len(texts) > 1 and rng.random() < self.previous_text:
-                prompt = vocabulary.prompt_ids(backend, str(texts[i - 1]))  # the first clip gets the batch's last
+            elif self.previous_text and (previous[i] or len(texts) > 1) and rng.random() < self.previous_text:
+                # The utterance before it where known, else another clip's (the first clip gets the batch's last).
+                prompt = vocabulary.prompt_ids(backend, str(previous[i] or texts[i - 1]))
             if prompt:
                 room = labels.MAX_TARGET_TOKENS - 1 - len(ids)  # the sequence below stays within 448 positions
                 prompt = [prompt[0], *prompt[1:][-(room - 1):]] if room > 1 else []
@@ -102,10 +106,24 @@ class NoSpeechMaker:
     """`<|lang|><|task|><|notimestamps|><|endoftext|>`."""
     sample_rate: int = 16_000
     """Rate of the batch's waveforms (the data tier's 16 kHz)."""
+    noise_files: tuple[str, ...] = ()
+    """The user's noise recordings (or folders), e.g. the `noise` augmentation's `files`: half the noise clips
+    are cut from them, the rest synthetic."""
 
-    def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
+    def __post_init__(self) -> None:
+        from augment._util import Recordings
+
+        self._recordings = Recordings(list(self.noise_files))
+
+    def _noise(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        from augment._util import fit_length
         from augment.noise import coloured_noise
 
+        if self._recordings and rng.random() < 0.5:
+            return fit_length(self._recordings.pick(self.sample_rate, rng), n, rng).astype(np.float64)
+        return coloured_noise(n, str(rng.choice(["white", "pink", "brown"])), rng)
+
+    def __call__(self, batch: dict, rng: np.random.Generator) -> dict:
         count = int(rng.binomial(len(batch["id"]), self.share))
         if count == 0:
             return batch
@@ -115,14 +133,16 @@ class NoSpeechMaker:
             if rng.random() < NO_SPEECH_SILENT:
                 waves.append(np.zeros(n, np.float32))
                 continue
-            noise = coloured_noise(n, str(rng.choice(["white", "pink", "brown"])), rng)
+            noise = self._noise(n, rng)
             level = 10 ** (rng.uniform(*NO_SPEECH_DBFS) / 20) / max(float(np.sqrt(np.mean(noise**2))), 1e-12)
             waves.append((noise * level).astype(np.float32))
         start = int(rng.integers(1 << 62))
         extra = {"audio": waves, "labels": [list(self.labels)] * count, "text": [""] * count,
-                 "id": [f"{NO_SPEECH_ID}{start + i}" for i in range(count)]}
+                 "id": [f"{NO_SPEECH_ID}{start + i}" for i in range(count)], "previous": [None] * count}
         out = dict(batch)
         for name, added in extra.items():
+            if name not in batch:
+                continue
             out[name] = np.array([*batch[name], *added] + [None], dtype=object)[:-1]  # object arrays: ragged rows
         return out
 
@@ -163,7 +183,7 @@ class WhisperCollator(NumpyBatchCollateFn):
         if self.spec_augment is not None:
             features = spec_augment(features, self._generator, **self.spec_augment)
         if self.prompts is not None:
-            inputs, targets = self.prompts(batch["labels"], batch["text"], self._rng)
+            inputs, targets = self.prompts(batch["labels"], batch["text"], self._rng, batch.get("previous"))
             out = {"input_features": features, "decoder_input_ids": inputs.to(self.device),
                    "labels": targets.to(self.device)}
         else:

@@ -45,12 +45,14 @@ class LabelsConfig:
     long-form transcription seeks by; 0.5 keeps both. Evaluation splits keep `<|notimestamps|>`."""
 
     previous_text: float = 0.0
-    """Share of training clips (of those without a `train.prompt_vocabulary` prompt) given another clip's
-    transcript as Whisper's previous-text context (`<|startofprev|> ...`), masked from the loss, so a fine-tune
-    keeps using a prompt; 0.2 is a usual choice."""
+    """Share of training clips (of those without a `train.prompt_vocabulary` prompt) given the utterance before
+    them as Whisper's previous-text context (`<|startofprev|> ...`), masked from the loss, so a fine-tune keeps
+    using a prompt; 0.2 is a usual choice. The utterance before: a long recording's previous window, else the
+    row before it by the same `speaker` (manifest key) in its read batch, else another clip's transcript."""
     no_speech: float = 0.0
     """Noise-only or silent clips added to training batches, per real clip (0.05: one in twenty), each labelled
-    with an empty transcript, so a fine-tune keeps answering silence and noise with nothing."""
+    with an empty transcript, so a fine-tune keeps answering silence and noise with nothing. Half the noise is cut
+    from the `noise` augmentation's `files` when it names some, the rest synthetic (white, pink, brown)."""
 
     def check(self) -> None:
         for key in ("timestamps", "previous_text", "no_speech"):
@@ -243,6 +245,14 @@ class TrainConfig:
     log_every_steps: int = 10
     """Trackers get the training loss, learning rate and samples/s every N optimizer steps (and everything at
     each evaluation); 0 = at evaluations only."""
+    regression: bool = False
+    """Measure the abilities report (`ray-asr regress`: timestamps, long-form, language ID, other languages,
+    silence, prompts) at each evaluation, on `regression_suite`: `abilities_<metric>` and, against the starting
+    model (measured before training), `<metric>_change` in the history, where `tune.constraints` can bound them.
+    Costs a few minutes of CPU per evaluation for whisper-base. Not with ZeRO-3 (rank 0 decodes alone)."""
+    regression_suite: str = "default"
+    """`default` (the built-in eSpeak suite, synthesised into `data/abilities` on the driver the first time) or a
+    YAML file naming manifests (see `ray-asr regress --suite`)."""
 
     def check(self) -> None:
         one_of(self.strategy, "train.strategy", ("full", "freeze", "lora"))
@@ -258,6 +268,9 @@ class TrainConfig:
         need(self.eval_every_steps >= 0, "train.eval_every_steps", "must be >= 0", self.eval_every_steps)
         need(self.shuffle_buffer >= 0, "train.shuffle_buffer", "must be >= 0", self.shuffle_buffer)
         need(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1", self.keep_checkpoints)
+        need(not (self.regression and self.deepspeed.stage == 3), "train.regression",
+             "needs deepspeed.stage 0-2 (under ZeRO-3 the model is partitioned and rank 0 measures it alone)",
+             self.regression)
         need(self.max_failures >= 0, "train.max_failures", "must be >= 0", self.max_failures)
         need(bool(self.run_name) and "/" not in self.run_name, "train.run_name", "must be a non-empty name without /",
              self.run_name)
@@ -319,6 +332,11 @@ class TuneConfig:
     max_general_wer_increase: float | None = None
     """Forgetting constraint: a trial whose general WER rises by more than this (absolute) over the base
     model's fails it and cannot be best (the base is measured in each trial before training)."""
+    constraints: dict = field(default_factory=dict)
+    """More bounds a trial must keep to count (like `max_general_wer_increase`): `{max_<metric>: X}` or
+    `{min_<metric>: X}` on any metric of its last evaluation, e.g. with `train.regression` on
+    `{min_abilities_language_id_accuracy: 0.8, max_other_language_wer_change: 0.02, max_timestamp_error_s_change: 0.1}`.
+    A trial that did not report the metric fails the bound."""
     seed: int = 0
     """Seed of the search's sampler."""
 
@@ -342,6 +360,12 @@ class TuneConfig:
         one_of(self.metric, "tune.metric", ("wer", "cer", "eval_loss"))
         need(self.max_concurrent_trials >= 0, "tune.max_concurrent_trials", "must be >= 0", self.max_concurrent_trials)
         need(self.grace_period >= 1, "tune.grace_period", "must be >= 1", self.grace_period)
+        need(isinstance(self.constraints, dict), "tune.constraints", "must be a mapping", self.constraints)
+        for key, bound in self.constraints.items():
+            need(str(key).startswith(("max_", "min_")) and len(str(key)) > 4, f"tune.constraints.{key}",
+                 "must be max_<metric> or min_<metric>", key)
+            need(isinstance(bound, (int, float)) and not isinstance(bound, bool), f"tune.constraints.{key}",
+                 "must be a number", bound)
         need(self.reduction_factor >= 2, "tune.reduction_factor", "must be >= 2", self.reduction_factor)
         need(self.max_general_wer_increase is None or self.max_general_wer_increase >= 0,
              "tune.max_general_wer_increase", "must be >= 0", self.max_general_wer_increase)

@@ -37,6 +37,7 @@ PREPARED_SCHEMA = pa.schema([
     ("num_samples", pa.int32()),
     ("labels", pa.list_(pa.int32())),  # decoder labels ending in end-of-text, no start token
     ("text", pa.string()),
+    ("previous", pa.string()),  # the utterance before it (its recording's previous window, its speaker's); or null
 ])
 
 
@@ -214,6 +215,7 @@ class Preparer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         out = {name: [] for name in PREPARED_SCHEMA.names}
         accepted, rejected = [], []
+        last_said: dict[str, str] = {}  # speaker → their latest transcript in this batch (manifest order)
         for row in batch.to_pylist():
             try:
                 made = []
@@ -232,12 +234,17 @@ class Preparer:
                 rejected.append(quarantine_record(row, "internal_error", f"{type(err).__name__}: {err}"))
                 continue
             accepted.append((row["id"], sum(len(wave) for _, wave, _, _ in made) / audio.SAMPLE_RATE))
+            previous = last_said.get(row.get("speaker")) if row.get("speaker") else None
             for example_id, wave, ids, text in made:
                 out["id"].append(example_id)
                 out["audio"].append(audio.to_wire(wave, self.wire_dtype))
                 out["num_samples"].append(len(wave))
                 out["labels"].append(ids)
                 out["text"].append(text)
+                out["previous"].append(previous)
+                previous = text  # a recording's next window follows this one
+            if row.get("speaker"):
+                last_said[row["speaker"]] = made[-1][3]
         problem = ray.get(self.sink.record.remote(self.split, accepted, rejected))
         if problem:
             raise TooManyRejected(problem)

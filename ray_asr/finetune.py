@@ -42,7 +42,20 @@ def _plan(cfg: Config, datasets: dict, rows: dict, base_row: dict | None = None,
     return {"steps_per_epoch": max(1, math.ceil(rows.get("train", 0) / per_step)),
             "eval_splits": [s for s in EVAL_SPLITS if s in datasets], "split_rows": rows,
             "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None,
-            "base_row": base_row, "score_to": score_to, "progress": channel}
+            "base_row": base_row, "score_to": score_to, "progress": channel,
+            "regression_suite": _regression_suite(cfg)}
+
+
+def _regression_suite(cfg: Config) -> dict | None:
+    """`train.regression`'s suite as absolute manifest paths (built on the driver the first time), or None."""
+    if not cfg.train.regression:
+        return None
+    from dataclasses import asdict
+
+    from ray_asr import regress
+
+    suite = regress.Suite.load(cfg.train.regression_suite)
+    return {name: str(Path(path).resolve()) if path else None for name, path in asdict(suite).items()}
 
 
 def worker_resources(cfg: Config) -> dict:
@@ -103,6 +116,7 @@ def absolute_paths(values: dict) -> dict:
     for split in ("train", "eval", "general_eval"):
         if values["data"][split]:
             values["data"][split] = absolute(values["data"][split])
+    values["data"]["mix"] = [{**item, "manifest": absolute(item["manifest"])} for item in values["data"].get("mix", [])]
     if values["train"].get("prompt_vocabulary"):
         spec = values["train"]["prompt_vocabulary"] = dict(values["train"]["prompt_vocabulary"])
         spec["file"] = absolute(spec["file"])

@@ -299,24 +299,38 @@ def dropped_segments(reference_texts: list[str], hypothesis: str, language: str 
     return sum(1 for words, d in zip(pieces, deleted) if words and d / len(words) > DROPPED_SHARE)
 
 
-def regress(base_dir: str, model_dir: str, suite: Suite, batch_size: int = 8) -> dict:
-    """The report: each metric for base and fine-tuned and their change, with per-set details."""
+def regress(base_dir: str, model_dir: str, suite: Suite, batch_size: int = 8, base_from: dict | None = None) -> dict:
+    """The report: each metric for base and fine-tuned and their change, with per-set details.
+
+    `base_from`: an earlier report of the same base on the same suite, whose base measurements are reused
+    (one base, several fine-tunes). The same folder for both is measured once.
+    """
     from ray_asr import progress
 
+    suite_paths = {f.name: getattr(suite, f.name) for f in fields(suite)}
     measured = {}
-    with progress.bar(2 * SETS, "abilities: base, then fine-tuned", "set") as bar:
-        for name, folder in (("base", base_dir), ("fine-tuned", model_dir)):
+    if base_from is not None:
+        if Path(base_from["base"]).resolve() != Path(base_dir).resolve() or base_from["suite"] != suite_paths:
+            raise ValueError("--base-from: that report measured another base model or suite")
+        measured["base"] = {**{row["metric"]: row["base"] for row in base_from["metrics"]},
+                            "details": base_from["details"]["base"]}
+    same = Path(base_dir).resolve() == Path(model_dir).resolve()
+    todo = [(name, folder) for name, folder in (("base", base_dir), ("fine-tuned", model_dir))
+            if name not in measured and not (same and name == "fine-tuned")]
+    with progress.bar(len(todo) * SETS, "abilities: " + ", then ".join(name for name, _ in todo), "set") as bar:
+        for name, folder in todo:
             measured[name] = Probe(folder, batch_size).measure(suite, bar.update)
+    measured.setdefault("fine-tuned", measured["base"])
     table = []
     for key in METRICS:
         base, tuned = measured["base"][key], measured["fine-tuned"][key]
         change = None if base is None or tuned is None else tuned - base
         table.append({"metric": key, "base": base, "fine_tuned": tuned, "change": change})
-    return {"base": base_dir, "model": model_dir, "suite": {f.name: getattr(suite, f.name) for f in fields(suite)},
+    return {"base": base_dir, "model": model_dir, "suite": suite_paths,
             "metrics": table, "details": {name: m["details"] for name, m in measured.items()}}
 
 
-def _shown(value, kind: str) -> str:
+def shown(value, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     return {"pct": f"{value:.1%}", "sec": f"{value:.2f}", "int": f"{value:g}"}[kind]
@@ -328,8 +342,8 @@ def markdown(report: dict) -> str:
     for row in report["metrics"]:
         _, title, kind = METRICS[row["metric"]]
         change = row["change"]
-        shown = "n/a" if change is None else ("+" if change > 0 else "") + _shown(change, kind)
-        lines.append(f"| {title} | {_shown(row['base'], kind)} | {_shown(row['fine_tuned'], kind)} | {shown} |")
+        moved = "n/a" if change is None else ("+" if change > 0 else "") + shown(change, kind)
+        lines.append(f"| {title} | {shown(row['base'], kind)} | {shown(row['fine_tuned'], kind)} | {moved} |")
     return "\n".join(lines) + "\n"
 
 

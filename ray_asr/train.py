@@ -136,7 +136,8 @@ class Worker:
         share = self.cfg.data.labels.no_speech
         if not share:
             return None
-        return collate.NoSpeechMaker(share, (*self.tokenizer.prefix, self.tokenizer.eos_token_id))
+        files = tuple(f for spec in self.cfg.augment if spec.get("name") == "noise" for f in spec.get("files", []))
+        return collate.NoSpeechMaker(share, (*self.tokenizer.prefix, self.tokenizer.eos_token_id), noise_files=files)
 
     def _precision(self) -> str:
         """`train.precision`, `auto` resolved the same on every rank (bf16 only if every rank has it natively)."""
@@ -263,7 +264,7 @@ class Worker:
             ray.train.report({**self.state.history[-1], "steps_run": 0, "finished": True})
             return
         every = self.cfg.train.eval_every_steps
-        if self.cfg.train.eval_at_start and not self.state.history:
+        if (self.cfg.train.eval_at_start or self.plan.get("regression_suite")) and not self.state.history:
             # Kept in the history, not reported: a search's scheduler should rank trials on trained steps only.
             # A search scores the starting model once for all its trials (`plan["base_row"]`).
             self.state.history.append(self.plan.get("base_row") or self._eval_row(epoch=0))
@@ -397,6 +398,26 @@ class Worker:
         result["eval_loss"] = sum(s for _, s, _ in gathered) / max(sum(n for _, _, n in gathered), 1)
         return result
 
+    def _abilities(self) -> dict:
+        """The abilities report's metrics (`ray_asr.regress`) of the model as it is now, measured on rank 0 and
+        shared, with their change from the starting model's where the history starts with it."""
+        from ray_asr import regress
+
+        found = [None]
+        if self.rank == 0:
+            self.report.say(f"[abilities] measuring at step {self.state.step}")
+            probe = regress.Probe(self.cfg.model.name_or_path, self.cfg.train.batch_size_per_worker,
+                                  model=whisper_of(self.engine.module))
+            measured = probe.measure(regress.Suite(**self.plan["regression_suite"]))
+            found = [{f"abilities_{key}": measured[key] for key in regress.METRICS}]
+        dist.broadcast_object_list(found, src=0)
+        row = dict(found[0])
+        start = self.state.history[0] if self.state.history and self.state.history[0]["step"] == 0 else {}
+        for key, value in found[0].items():
+            if value is not None and start.get(key) is not None:
+                row[key.removeprefix("abilities_") + "_change"] = value - start[key]
+        return row
+
     def _train_totals(self) -> dict:
         """Mean train loss and throughput since the last row, over every rank; resets the counters."""
         totals = torch.stack([self.loss_sum.double(), torch.tensor(float(self.loss_count), dtype=torch.float64,
@@ -419,8 +440,12 @@ class Worker:
         for split in metrics.EVAL_SPLITS:
             if split in self.plan["eval_splits"]:
                 row.update(metrics.split_row(split, self._evaluate(split)))
+        if self.plan.get("regression_suite"):
+            row.update(self._abilities())
         row["eval_seconds"] = round(time.perf_counter() - started, 1)
         self.report.say(_eval_line(row))
+        if self.plan.get("regression_suite"):
+            self.report.say(_abilities_line(row))
         if self.tracker.backends:
             every = self.cfg.train.log_every_steps
             logged = every and row["step"] and row["step"] % every == 0  # `_after_step` wrote the same train loss
@@ -466,6 +491,13 @@ def _eval_line(row: dict) -> str:
             parts.append(f"{split} loss {found['eval_loss']:.3f} WER {found['wer']:.2%} "
                          f"CER {found['cer']:.2%} runaway {found['runaway_outputs']}")
     return " | ".join(parts) + f" | {row['eval_seconds']:.1f} s"
+
+
+def _abilities_line(row: dict) -> str:
+    from ray_asr import regress
+
+    shown = [f"{key} {regress.shown(row.get('abilities_' + key), kind)}" for key, (_, _, kind) in regress.METRICS.items()]
+    return f"[abilities] step {row['step']}: " + " | ".join(shown)
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

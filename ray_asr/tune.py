@@ -134,7 +134,21 @@ def run_trial(params: dict) -> None:
         history = finetune.read_history(cfg)
         if history and history[0]["step"] == 0 and general in history[0]:
             final["general_wer_increase"] = final[general] - history[0][general]
+    last = (finetune.read_history(cfg) or [{}])[-1]
+    final.update({key: value for key, value in last.items() if key.startswith("abilities_") or key.endswith("_change")})
     tune.report(final)
+
+
+def within_constraints(cfg: Config, metrics_: dict) -> bool:
+    """Whether a trial's final metrics keep `tune.max_general_wer_increase` and every `tune.constraints` bound."""
+    bounds = dict(cfg.tune.constraints)
+    if cfg.tune.max_general_wer_increase is not None:
+        bounds["max_general_wer_increase"] = cfg.tune.max_general_wer_increase
+    for key, bound in bounds.items():
+        value = metrics_.get(key[4:])
+        if value is None or math.isnan(value) or (value > bound if key.startswith("max_") else value < bound):
+            return False
+    return True
 
 
 TRIAL_FUNCTION_CPUS = 0.01  # the trial function only drives its TorchTrainer; Tune refuses an empty bundle
@@ -230,8 +244,8 @@ def _rows(cfg: Config, grid) -> list[dict]:
                     "general_wer": metrics.get("general_wer", math.nan), "steps": metrics.get("step", 0),
                     "stopped_early": not metrics.get("finished", False), "error": bool(result.error),
                     "seconds": round(metrics.get("time_total_s", math.nan), 1)})
-        limit = cfg.tune.max_general_wer_increase
-        row["constraint_ok"] = limit is None or metrics.get("general_wer_increase", math.inf) <= limit
+        row.update({key[4:]: metrics.get(key[4:], math.nan) for key in cfg.tune.constraints})
+        row["constraint_ok"] = within_constraints(cfg, metrics)
         rows.append(row)
     metric = cfg.tune.metric
     return sorted(rows, key=lambda r: (r["error"] or r["stopped_early"] or not r["constraint_ok"],

@@ -58,6 +58,12 @@ def test_overrides_are_typed_from_yaml():
     ({}, ["scaling.resources_per_worker={GPU: 1}"], "scaling.resources_per_worker: CPUs and GPUs have their own keys"),
     ({}, ["scaling.resources_per_worker={trainer: 0}"], "scaling.resources_per_worker.trainer: must be a number > 0"),
     ({}, ["data.augment_resources={augment_cpu: many}"], "data.augment_resources.augment_cpu: must be a number > 0"),
+    ({"data": {"mix": [{"manifest": "de.jsonl"}]}}, [], "data.mix[0]: must be {manifest: PATH, weight: W}"),
+    ({"data": {"mix": [{"manifest": "de.jsonl", "weight": 0}]}}, [], "data.mix[0].weight: must be a number > 0"),
+    ({"data": {"mix": "de.jsonl"}}, [], "data.mix: "),
+    ({}, ["train.regression=true", "train.deepspeed.stage=3"], "train.regression: needs deepspeed.stage 0-2"),
+    ({}, ["tune.constraints={wer: 0.1}"], "tune.constraints.wer: must be max_<metric> or min_<metric>"),
+    ({}, ["tune.constraints={max_wer: low}"], "tune.constraints.max_wer: must be a number"),
 ])
 def test_errors_are_one_line_naming_the_field(values, overrides, message):
     with pytest.raises(ConfigError) as err:

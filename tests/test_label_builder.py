@@ -133,6 +133,39 @@ def test_previous_text_prompts_carry_another_clips_transcript_masked(tokenizer):
     assert (never(plain, texts, np.random.default_rng(0))[1] != IGNORE_INDEX).sum() == sum(map(len, plain))
 
 
+def test_the_utterance_before_is_the_prompt_where_it_is_known(tokenizer):
+    from ray_asr import vocabulary
+    from ray_asr.collate import IGNORE_INDEX, PromptMaker
+
+    texts = ["window two", "another speaker"]
+    plain = [labels.encode(tokenizer, t) for t in texts]
+    start = tokenizer.backend.token_to_id("<|startoftranscript|>")
+    maker = PromptMaker([], 0.0, 0, tokenizer, start, previous_text=1.0)
+    inputs, targets = maker(plain, texts, np.random.default_rng(0), previous=["window one", None])
+    known = vocabulary.prompt_ids(tokenizer.backend, "window one")
+    assert inputs[0, : len(known) + 1].tolist() == [*known, start]
+    assert targets[0, : len(known)].tolist() == [IGNORE_INDEX] * len(known)
+    fallback = vocabulary.prompt_ids(tokenizer.backend, texts[0])  # unknown: another clip's transcript
+    assert inputs[1, : len(fallback) + 1].tolist() == [*fallback, start]
+    alone, _ = maker(plain[:1], texts[:1], np.random.default_rng(0), previous=["window one"])
+    assert alone[0, : len(known) + 1].tolist() == [*known, start]  # a clip alone still gets its own context
+
+
+def test_no_speech_noise_comes_from_the_users_recordings_too(tmp_path, tokenizer):
+    import soundfile as sf
+
+    from ray_asr.collate import NoSpeechMaker
+
+    hum = 0.5 * np.sin(2 * np.pi * 50 * np.arange(RATE) / RATE).astype(np.float32)
+    sf.write(tmp_path / "fan.wav", hum, RATE)
+    maker = NoSpeechMaker(1.0, (1, 2, 3, 4), noise_files=(str(tmp_path),))
+    batch = maker({"audio": [np.zeros(10, np.float32)] * 60, "id": list(range(60)), "text": [""] * 60,
+                   "labels": [[1]] * 60}, np.random.default_rng(0))
+    spectra = [np.abs(np.fft.rfft(w[:RATE])) for w in list(batch["audio"])[60:] if np.any(w)]
+    hums = [s for s in spectra if s.argmax() == 50 and s[50] > 10 * np.median(s)]  # 1 s at 16 kHz: 1 Hz bins
+    assert 0.3 * len(spectra) < len(hums) < 0.7 * len(spectra)  # about half from the recording
+
+
 def test_no_speech_clips_join_a_batch_with_an_empty_transcript(tokenizer):
     from ray_asr.collate import NO_SPEECH_ID, NoSpeechMaker, WhisperCollator
 

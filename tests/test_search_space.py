@@ -61,3 +61,17 @@ def test_trials_read_absolute_local_paths(tmp_path, monkeypatch):
     assert base["data"]["train"] == str(tmp_path / "train.jsonl")  # a trial's own folder is elsewhere
     assert base["data"]["eval"] == "builtin:tones/eval"  # built-ins and missing paths stay as given
     assert base["model"]["name_or_path"] == "models/whisper-base"
+
+
+def test_constraints_bound_any_reported_metric():
+    cfg = _cfg("tune.max_general_wer_increase=0.02",
+               "tune.constraints={min_abilities_language_id_accuracy: 0.8, max_other_language_wer_change: 0.02}")
+    kept = {"general_wer_increase": 0.01, "abilities_language_id_accuracy": 0.85, "other_language_wer_change": 0.0}
+    assert tune.within_constraints(cfg, kept)
+    for key, value in (("general_wer_increase", 0.03), ("abilities_language_id_accuracy", 0.7),
+                       ("other_language_wer_change", 0.05), ("other_language_wer_change", float("nan"))):
+        assert not tune.within_constraints(cfg, {**kept, key: value}), key
+    missing = dict(kept)
+    del missing["abilities_language_id_accuracy"]  # a trial that did not measure it
+    assert not tune.within_constraints(cfg, missing)
+    assert tune.within_constraints(_cfg(), {})  # no bounds at all

@@ -30,6 +30,7 @@ RAW_SCHEMA = pa.schema([
     ("duration", pa.float64()),  # seconds of the segment; null = to the end of the file
     ("language", pa.string()),  # the row's `language` (a code such as de, or a name); null = model.language
     ("segments", pa.string()),  # timed segments (`windows.dumps`) from `segments` or `start`/`end`; null = none
+    ("speaker", pa.string()),  # the row's `speaker`, for the previous-text prompt; null = unknown
 ])
 AUDIO_KEYS = ("audio", "path", "audio_filepath", "file", "file_name")  # file_name: HF audiofolder metadata
 TEXT_KEYS = ("text", "sentence", "transcription", "transcript", "normalized_text")
@@ -57,7 +58,7 @@ def raw_row(shard: Shard, number: int, raw: str, **fields) -> dict:
     """A raw row with id `<file>:<number>`; `fields` set its other columns (the rest are null)."""
     result = {"id": f"{Path(shard.path).name}:{number}", "source": shard.path, "raw": raw, "audio_path": None,
               "audio_bytes": None, "text": None, "error": None, "error_detail": None, "offset": None,
-              "duration": None, "language": None, "segments": None}
+              "duration": None, "language": None, "segments": None, "speaker": None}
     result.update(fields)
     return result
 
@@ -81,6 +82,9 @@ def from_record(shard: Shard, number: int, raw: str, record: dict, audio_root: P
     language = record.get("language")
     if isinstance(language, str) and language.strip():
         fields["language"] = language.strip()
+    speaker = record.get("speaker")
+    if isinstance(speaker, (str, int)) and not isinstance(speaker, bool) and str(speaker).strip():
+        fields["speaker"] = str(speaker).strip()
     if text is not None and not isinstance(text, str):
         return raw_row(shard, number, raw, error="empty_transcript", error_detail=f"text is {type(text).__name__}, not a string")
     if audio_key != "audio_filepath":  # NeMo's rows have no segments; its `offset` is not a segment start

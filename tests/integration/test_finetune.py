@@ -37,22 +37,45 @@ def _losses(out: Path) -> list[float]:
     return [row["train_loss"] for row in json.loads((out / "history.json").read_text())]
 
 
+def _abilities_suite(folder: Path) -> Path:
+    """A small abilities suite of tone clips: languages, noise and prompts (the tiny model has no timestamps)."""
+    from audio_fixtures import write_clip
+
+    sets = {"languages": [{"audio": write_clip(folder / f"{lang}.wav").name, "text": "ka tu", "language": lang}
+                          for lang in ("en", "de")],
+            "noise": [{"audio": write_clip(folder / "n.wav", 0.5).name, "text": ""}],
+            "prompts": [{"audio": write_clip(folder / f"p{i}.wav").name, "text": t} for i, t in enumerate(("ka", "tu"))]}
+    for name, rows in sets.items():
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "suite.yaml").write_text("".join(f"{name}: {name}.jsonl\n" for name in sets))
+    return folder / "suite.yaml"
+
+
 def test_zero0_frozen_depth_trains_and_exports_a_model_transformers_loads(tmp_path):
     terms = tmp_path / "terms.txt"  # half the clips train behind a vocabulary prompt (masked from the loss)
     terms.write_text("ka\ntu\nmi\nsa\n")
-    # The label builder's prompt and no-speech clips ride along (these never enter the activation cache).
+    # The label builder's prompt and no-speech clips ride along (these never enter the activation cache), and
+    # the abilities report is measured at each evaluation.
+    suite = _abilities_suite(tmp_path / "suite")
     cfg = _smoke(tmp_path, "train.deepspeed.stage=0", "train.frozen_encoder_layers=1", "train.report_to=[tensorboard]",
                  "train.log_every_steps=2", f"train.prompt_vocabulary={{file: {terms}, p: 0.5}}",
-                 "data.labels={previous_text: 0.3, no_speech: 0.2}")
+                 "data.labels={previous_text: 0.3, no_speech: 0.2}", "train.regression=true",
+                 f"train.regression_suite={suite}")
     summary = finetune.run(cfg)
     out = Path(cfg.output_dir)
+    history = json.loads((out / "history.json").read_text())
+    assert history[0]["step"] == 0 and len(history) == cfg.train.epochs + 1  # the start measured for the changes
+    for row in history:
+        assert 0 <= row["abilities_language_id_accuracy"] <= 1 and 0 <= row["abilities_noise_empty_rate"] <= 1
+        assert row["abilities_prompt_wer"] >= 0 and row["abilities_long_form_wer"] is None  # no long-form set
+    assert history[-1]["prompt_wer_change"] == pytest.approx(history[-1]["abilities_prompt_wer"]
+                                                             - history[0]["abilities_prompt_wer"])
     losses = _losses(out)
     assert len(losses) == cfg.train.epochs and losses[-1] < losses[0] - 0.5, losses
     # Rank 0 wrote the evaluations and the running loss where TensorBoard's own reader finds them.
     from ray_asr.tracking import read_tensorboard
 
     scalars = read_tensorboard(out / "tensorboard")
-    history = json.loads((out / "history.json").read_text())
     assert [step for step, _ in scalars["eval/wer"]] == [row["step"] for row in history]
     assert [value for _, value in scalars["general_eval/loss"]] == pytest.approx([r["general_eval_loss"] for r in history])
     assert [step for step, _ in scalars["train/loss"]] == list(range(2, summary["step"] + 1, 2))

@@ -126,7 +126,7 @@ def test_mixed_sets_and_a_long_recording_flow_through_the_training_split(tmp_pat
     rng = np.random.default_rng(0)
     sf.write(tmp_path / "long.flac", (0.1 * rng.standard_normal(70 * 16_000)).astype(np.float32), 16_000)
     segments = [{"start": 1.0 + 7 * i, "end": 6.0 + 7 * i, "text": f"part {i}"} for i in range(9)]
-    rows = [{"audio": clip.name, "text": f"clip {i}"} for i in range(40)]
+    rows = [{"audio": clip.name, "text": f"clip {i}", "speaker": f"s{i % 2}"} for i in range(40)]
     rows.append({"audio": "long.flac", "text": " ".join(s["text"] for s in segments), "segments": segments})
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "german.jsonl").write_text("".join(json.dumps({"audio": clip.name, "text": f"satz {i}", "language": "de"})
@@ -140,6 +140,10 @@ def test_mixed_sets_and_a_long_recording_flow_through_the_training_split(tmp_pat
     windows = [r for r in out if r["id"].startswith("train.jsonl:41#")]
     assert " ".join(r["text"] for r in windows) == rows[-1]["text"] and len(windows) == 3
     assert all(r["num_samples"] <= 30 * 16_000 and r["labels"][2] >= tokenizer.timestamp_begin for r in windows)
+    assert [r["previous"] for r in windows] == [None, windows[0]["text"], windows[1]["text"]]  # the recording's own
+    clips = {int(r["id"].split(":")[1]) - 1: r for r in out if r["text"].startswith("clip ")}
+    said_before = [(i, r["previous"]) for i, r in clips.items() if r["previous"] is not None]
+    assert len(said_before) >= 20 and all(previous == f"clip {i - 2}" for i, previous in said_before)  # same speaker
     german = [r for r in out if r["id"].startswith("german.jsonl:")]
     # 0.5 per training row (41): about 20 German rows, so the 8 repeat under new ids, each with <|de|>
     assert 12 <= len(german) <= 28 and len({r["id"] for r in german}) == len(german)
