@@ -37,6 +37,21 @@ def whisper_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def timed_model(tmp_path_factory) -> Path:
+    """A tiny random Whisper whose vocabulary has the timestamp tokens <|0.00|> .. <|30.00|>."""
+    from ray_asr.tiny import build_tiny_whisper
+
+    return build_tiny_whisper(tmp_path_factory.mktemp("tiny-timestamps"), timestamps=True)
+
+
+@pytest.fixture(scope="session")
+def timed_tokenizer(timed_model):
+    from ray_asr.labels import load_tokenizer
+
+    return load_tokenizer(str(timed_model), "en", "transcribe")
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_model):
     from ray_asr.labels import load_tokenizer
 

@@ -12,19 +12,13 @@ from hypothesis import strategies as st
 
 from ray_asr import audio, config, data, labels
 from ray_asr.config import ConfigError
-from ray_asr.tiny import build_tiny_whisper
 
 RATE = audio.SAMPLE_RATE
 
 
 @pytest.fixture(scope="module")
-def timed_model(tmp_path_factory):
-    return build_tiny_whisper(tmp_path_factory.mktemp("tiny-timestamps"), timestamps=True)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(timed_model):
-    return labels.load_tokenizer(str(timed_model), "en", "transcribe")
+def tokenizer(timed_tokenizer):  # this module's clips are labelled with timestamps
+    return timed_tokenizer
 
 
 @settings(max_examples=60, deadline=None)

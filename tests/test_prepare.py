@@ -142,3 +142,16 @@ def test_a_segment_outside_the_audio_is_rejected(tmp_path, tokenizer, offset, du
 def test_max_duration_applies_to_the_segment(tmp_path, tokenizer):
     _, (row,) = _ramp_rows(tmp_path, [(0.0, 0.6)])
     assert len(prepare(row, tokenizer, max_duration_s=0.7)[0]) == 9600  # the file is 1 s, over the limit; the row is not
+
+
+def test_mixed_sets_are_read_interleaved_with_the_training_set(tmp_path):
+    from ray_asr import data
+
+    for name, rows in (("train", 300), ("de", 10)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(f'{{"audio": "a.wav", "text": "{i}"}}\n' for i in range(rows)))
+    source = data.ManifestDatasource(tmp_path / "train.jsonl", [{"manifest": str(tmp_path / "de.jsonl"), "weight": 0.1}])
+    kinds = [shard.path.endswith("de.jsonl") for shard, _, _ in source.parts]
+    assert sum(kinds) == 3 and source.num_rows == 330  # 30 German rows wanted from 10: three passes over them
+    german = [i for i, k in enumerate(kinds) if k]
+    assert german[0] < len(kinds) / 3 and german[-1] >= 2 * len(kinds) / 3  # spread through the epoch
+    assert [repeat for shard, repeat, _ in source.parts if shard.path.endswith("de.jsonl")] == [0, 1, 2]

@@ -11,19 +11,13 @@ import soundfile as sf
 
 from ray_asr import labels, regress
 from ray_asr.cli import main
-from ray_asr.tiny import build_tiny_whisper
 
 RATE = 16_000
 
 
 @pytest.fixture(scope="module")
-def timed_model(tmp_path_factory):
-    return build_tiny_whisper(tmp_path_factory.mktemp("tiny-timestamps"), timestamps=True)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(timed_model):
-    return labels.load_tokenizer(str(timed_model), "en", "transcribe")
+def tokenizer(timed_tokenizer):  # this module's clips are labelled with timestamps
+    return timed_tokenizer
 
 
 def _suite(folder) -> str:

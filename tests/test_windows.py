@@ -15,16 +15,14 @@ from hypothesis import strategies as st
 from ray_asr import audio, labels, sources, windows
 from ray_asr.audio import Rejected
 from ray_asr.prepare import examples
-from ray_asr.tiny import build_tiny_whisper
 
 RATE = audio.SAMPLE_RATE
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike"]
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    folder = build_tiny_whisper(tmp_path_factory.mktemp("tiny-timestamps"), timestamps=True)
-    return labels.load_tokenizer(str(folder), "en", "transcribe")
+def tokenizer(timed_tokenizer):  # this module's clips are labelled with timestamps
+    return timed_tokenizer
 
 
 def _segments(duration: float, rng: np.random.Generator) -> list[dict]:
