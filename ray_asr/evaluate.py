@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ray_asr.collate import IGNORE_INDEX
-from ray_asr.labels import MAX_TARGET_TOKENS
+from ray_asr.labels import MAX_TARGET_TOKENS, languages_of
 from ray_asr.metrics import has_loop
 
 PROMPT_TOKENS = 4  # <|startoftranscript|><|lang|><|task|><|notimestamps|>
@@ -123,7 +123,8 @@ class Scorer:
 
     def rows(self, clips: list[Clip], prompt: str | None = None, transform=None, language: str | None = None) -> list[dict]:
         """Per-utterance rows for `clips`, each wave first passed through `transform(wave, clip)` if given;
-        `language` forces the decoding's language token (default: the model's)."""
+        `language` forces the decoding's language token (default: each clip's own, from its row's `language` or
+        the model's)."""
         from ray_asr.collate import pad_labels, stack_waves
         from ray_asr.features import log_mel
 
@@ -137,7 +138,8 @@ class Scorer:
             if prompt_ids is not None:  # the prompt takes decoder positions from the transcript
                 limits = [max(1, min(limit, MAX_TARGET_TOKENS - PROMPT_TOKENS - len(prompt_ids))) for limit in limits]
             ids, runaway = generate(self.model, limits, self.tokenizer.eos_token_id, prompt_ids=prompt_ids,
-                                    beam_size=self.beam_size, language=language, input_features=features)
+                                    beam_size=self.beam_size, input_features=features,
+                                    language=language or languages_of(self.tokenizer, [c.labels for c in chunk], self.language))
             out += rows(self.tokenizer, ids, runaway, [c.text for c in chunk], [c.id for c in chunk])
         return out
 

@@ -86,6 +86,18 @@ def language_token(tokenizer: LabelTokenizer, language: str) -> int:
     return found
 
 
+def languages_of(tokenizer: LabelTokenizer, label_rows, default: str) -> str | list[str]:
+    """The language code each row of labels starts with (`<|de|>` → `de`; `default` for a row that starts with
+    something else), as generation takes it: one code when every row shares it, else one per row."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES  # the trainer's and scorer's, not the data tier's
+
+    codes = []
+    for row in label_rows:
+        code = (tokenizer.backend.id_to_token(int(row[0])) or "").strip("<|>") if len(row) else ""
+        codes.append(code if code in LANGUAGES else default)
+    return codes[0] if len(set(codes)) == 1 else codes
+
+
 def encode(tokenizer: LabelTokenizer, text: str, language: str | None = None) -> list[int]:
     """Label ids for one transcript, ending in end-of-text, without the start token; `language` (a row's own)
     replaces the tokenizer's language token."""

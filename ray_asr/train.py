@@ -377,7 +377,8 @@ class Worker:
                 longest = torch.tensor([max(limits)])
                 dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.control)  # synced ranks decode as long
                 ids, runaway = evaluate.generate(model, limits, self.tokenizer.eos_token_id, synced,
-                                                 max_new_tokens=int(longest.item()), language=self.cfg.model.language,
+                                                 max_new_tokens=int(longest.item()),
+                                                 language=labels.languages_of(self.tokenizer, batch["labels"], self.cfg.model.language),
                                                  task=self.cfg.model.task, **inputs)
                 if real:
                     loss_sum += loss.item() * len(ids)

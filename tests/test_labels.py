@@ -53,3 +53,10 @@ def test_any_text_ends_in_end_of_text_once(tokenizer, text):
     assert ids[-1] == tokenizer.eos_token_id
     assert ids.count(tokenizer.eos_token_id) == 1 + text.count("<|endoftext|>")
     assert ids[:3] == list(tokenizer.prefix)
+
+
+def test_each_rows_language_is_read_back_from_its_labels(tokenizer):
+    english, german = labels.encode(tokenizer, "a"), labels.encode(tokenizer, "a", "de")
+    assert labels.languages_of(tokenizer, [english, english], "en") == "en"
+    assert labels.languages_of(tokenizer, [english, german], "en") == ["en", "de"]
+    assert labels.languages_of(tokenizer, [[tokenizer.eos_token_id], german], "fr") == ["fr", "de"]  # a filler row
