@@ -89,7 +89,9 @@ def language_token(tokenizer: LabelTokenizer, language: str) -> int:
 def languages_of(tokenizer: LabelTokenizer, label_rows, default: str) -> str | list[str]:
     """The language code each row of labels starts with (`<|de|>` → `de`; `default` for a row that starts with
     something else), as generation takes it: one code when every row shares it, else one per row."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES  # the trainer's and scorer's, not the data tier's
+    from transformers.models.whisper.tokenization_whisper import (
+        LANGUAGES,  # the trainer's and scorer's, not the data tier's
+    )
 
     codes = []
     for row in label_rows:
