@@ -153,7 +153,7 @@ class Probe:
             sequences = out.sequences if hasattr(out, "sequences") else out
             for (row, _), ids in zip(chunk, sequences.tolist(), strict=True):
                 times = timestamp_spans(ids, self.tokenizer)
-                truth = windows.parse(json.loads(row["raw"]))
+                truth = windows.loads(row["segments"])
                 ok = times is not None
                 well_formed += ok
                 error = None
@@ -172,7 +172,7 @@ class Probe:
         references, hypotheses, duplicated, dropped, files = [], [], 0, 0, []
         for row, wave in self._waves(source):
             transcript = transcriber([wave])[0]
-            reference = windows.parse(json.loads(row["raw"])) or [windows.Segment(0.0, 0.0, row["text"] or "")]
+            reference = windows.loads(row["segments"]) or [windows.Segment(0.0, 0.0, row["text"] or "")]
             dup = duplicated_segments([s.text for s in transcript.segments], self.scorer.language)
             drop = dropped_segments([s.text for s in reference], transcript.text, self.scorer.language)
             references.append(" ".join(s.text for s in reference))
@@ -188,13 +188,14 @@ class Probe:
     def _languages(self, source: str) -> tuple[dict, dict]:
         import torch
 
+        from ray_asr import sources
         from ray_asr.evaluate import read_clips
 
         clips, rejected = read_clips(source, self.tokenizer)
         if rejected:
             raise ValueError(f"{source}: rows rejected ({rejected}); run `ray-asr validate` on it")
         language_of = {row["id"]: labels.language_code(row["language"] or self.scorer.language)
-                       for row in _rows(source)}
+                       for row in sources.read_all(source)}
         detected = []
         for start in range(0, len(clips), self.scorer.batch_size):
             chunk = clips[start : start + self.scorer.batch_size]
@@ -239,12 +240,6 @@ class Probe:
             prompted += self.scorer.rows([clip], prompt=clips[i - 1].text if len(clips) > 1 else None)
         return ({"no_prompt_wer": metrics.report(plain, self.scorer.language)["wer"],
                  "prompt_wer": metrics.report(prompted, self.scorer.language)["wer"]}, {"clips": len(clips)})
-
-
-def _rows(source: str) -> list[dict]:
-    from ray_asr import sources
-
-    return sources.read_all(source)
 
 
 def timestamp_spans(ids: list[int], tokenizer) -> tuple[float, float] | None:
