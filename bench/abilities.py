@@ -49,11 +49,16 @@ def regress(out: Path) -> None:
 
 
 def report(out: Path) -> bool:
-    from ray_asr.regress import METRICS, shown
+    from ray_asr.regress import METRICS, noise_scores, shown
 
     reports = {name: json.loads((out / f"{name}.json").read_text()) for name in RUNS}
     columns = {"base": {r["metric"]: r["base"] for r in reports["plain"]["metrics"]}}
     columns.update({name: {r["metric"]: r["fine_tuned"] for r in rep["metrics"]} for name, rep in reports.items()})
+    # Reports from before `noise_words` existed: the same score from the outputs they stored.
+    for column, rep, model in (("base", reports["plain"], "base"), ("plain", reports["plain"], "fine-tuned"),
+                               ("labels", reports["labels"], "fine-tuned")):
+        if columns[column].get("noise_words") is None:
+            columns[column].update(noise_scores([o["hypothesis"] for o in rep["details"][model]["noise"]["outputs"]]))
     print(f"\n## abilities, {time.strftime('%Y-%m-%d')}, {platform.machine()}\n")
     print("| ability | whisper-base | plain fine-tune | label builder + rehearsal |\n|---|---|---|---|")
     for key, (_, title, kind) in METRICS.items():

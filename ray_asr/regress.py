@@ -31,6 +31,7 @@ METRICS = {
     "language_id_accuracy": (+1, "language ID: accuracy", "pct"),
     "other_language_wer": (-1, "other languages: mean WER", "pct"),
     "noise_empty_rate": (+1, "silence and noise: empty outputs", "pct"),
+    "noise_words": (-1, "silence and noise: words per noise-only clip", "num"),
     "no_prompt_wer": (-1, "prompts: WER without a prompt", "pct"),
     "prompt_wer": (-1, "prompts: WER with the previous utterance as prompt", "pct"),
 }
@@ -226,8 +227,7 @@ class Probe:
             ids, _ = generate(self.model, [NOISE_TOKEN_LIMIT] * len(chunk), self.tokenizer.eos_token_id,
                               input_features=self._features([w for _, w in chunk]))
             outputs += [self.tokenizer.decode(i).strip() for i in ids]
-        empty = [not metrics.normalize(text, self.scorer.language) for text in outputs]
-        return ({"noise_empty_rate": sum(empty) / max(len(rows), 1)},
+        return (noise_scores(outputs, self.scorer.language),
                 {"outputs": [{"id": row["id"], "hypothesis": text} for (row, _), text in zip(rows, outputs)]})
 
     def _prompts(self, source: str) -> tuple[dict, dict]:
@@ -267,6 +267,13 @@ def timestamp_spans(ids: list[int], tokenizer) -> tuple[float, float] | None:
         else:
             state = "text"
     return (times[0], times[-1]) if state == "closed" and times else None
+
+
+def noise_scores(outputs: list[str], language: str = "en") -> dict:
+    """What a model said on noise-only clips: the share of empty outputs and the words per clip (normalised)."""
+    words = [len(metrics.normalize(text, language).split()) for text in outputs]
+    return {"noise_empty_rate": sum(n == 0 for n in words) / max(len(words), 1),
+            "noise_words": sum(words) / max(len(words), 1)}
 
 
 def duplicated_segments(texts: list[str], language: str = "en") -> int:
@@ -318,7 +325,7 @@ def regress(base_dir: str, model_dir: str, suite: Suite, batch_size: int = 8, ba
     measured.setdefault("fine-tuned", measured["base"])
     table = []
     for key in METRICS:
-        base, tuned = measured["base"][key], measured["fine-tuned"][key]
+        base, tuned = measured["base"].get(key), measured["fine-tuned"].get(key)  # .get: an older --base-from
         change = None if base is None or tuned is None else tuned - base
         table.append({"metric": key, "base": base, "fine_tuned": tuned, "change": change})
     return {"base": base_dir, "model": model_dir, "suite": suite_paths,
@@ -328,7 +335,7 @@ def regress(base_dir: str, model_dir: str, suite: Suite, batch_size: int = 8, ba
 def shown(value, kind: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    return {"pct": f"{value:.1%}", "sec": f"{value:.2f}", "int": f"{value:g}"}[kind]
+    return {"pct": f"{value:.1%}", "sec": f"{value:.2f}", "int": f"{value:g}", "num": f"{value:.2f}"}[kind]
 
 
 def markdown(report: dict) -> str:

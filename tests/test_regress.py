@@ -96,3 +96,8 @@ def test_duplicated_and_dropped_segments_are_counted():
     assert regress.dropped_segments(reference, "the patient slept well no pain today") == 1
     assert regress.dropped_segments(reference, "the patient slept well she took a dose at noon no pain") == 0
     assert regress.dropped_segments(reference, "") == 3
+
+
+def test_noise_outputs_are_scored_by_emptiness_and_words():
+    scores = regress.noise_scores(["", " . ", "you", "Increase the azithromycin."])
+    assert scores == {"noise_empty_rate": 0.5, "noise_words": 1.0}  # punctuation alone is empty
