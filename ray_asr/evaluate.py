@@ -75,19 +75,20 @@ class Clip:
 
 
 def read_clips(source: str, tokenizer, max_duration_s: float = 30.0) -> tuple[list[Clip], dict[str, int]]:
-    """The accepted clips of a manifest (or any source `sources` reads) and the rejected rows' count by reason."""
+    """The accepted clips of a manifest (or any source `sources` reads; a long recording with `segments` as its 30 s
+    windows, as training sees it) and the rejected rows' count by reason."""
     from ray_asr import sources
     from ray_asr.audio import Rejected
-    from ray_asr.prepare import prepare
+    from ray_asr.prepare import examples
 
     accepted, rejected = [], {}
     for row in sources.read_all(source):
         try:
-            wave, ids = prepare(row, tokenizer, max_duration_s)
+            made = examples(row, tokenizer, max_duration_s)  # a long recording with segments: its windows
         except Rejected as err:
             rejected[err.reason] = rejected.get(err.reason, 0) + 1
             continue
-        accepted.append(Clip(row["id"], row["text"].strip(), wave, ids))
+        accepted += [Clip(e.id, e.text, e.wave, e.labels) for e in made]
     return accepted, dict(sorted(rejected.items()))
 
 

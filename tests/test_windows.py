@@ -132,3 +132,13 @@ def test_packing_keeps_every_segment_once_in_order_within_windows(seed, duration
     for w in packed:
         assert 0 < w.end - w.start <= 30 + 1e-9 and w.segments
         assert all(0 <= s.start <= s.end <= w.end - w.start + 1e-9 for s in w.segments)
+
+
+def test_evaluate_scores_a_long_recordings_windows(tmp_path, timed_model):
+    from ray_asr import evaluate
+
+    row = _long_row(tmp_path, seconds=70.0)
+    report = evaluate.evaluate_source(str(timed_model), str(tmp_path / "long.jsonl"), batch_size=4)
+    windows_ = examples(row, labels.load_tokenizer(str(timed_model), "en", "transcribe"), 30.0)
+    assert report["rejected"] == {} and report["num_utterances"] == len(windows_) >= 3
+    assert [r["reference"] for r in report["per_utterance"]] == [w.text for w in windows_]
