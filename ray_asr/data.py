@@ -226,25 +226,25 @@ class Preparer:
                     packed = example.id != row["id"]  # a long recording's window: timed already
                     if not packed and with_timestamps(self.seed, example.id, self.timestamps):
                         ids = timed_or_plain(self.tokenizer, ids, wave, example.segments, row.get("language"))
-                    made.append((example.id, wave, ids, example.text))
+                    made.append(example._replace(wave=wave, labels=ids))
             except Rejected as err:
                 rejected.append(quarantine_record(row, err.reason, err.detail))
                 continue
             except Exception as err:  # noqa: BLE001 (one odd file must never take the whole run down)
                 rejected.append(quarantine_record(row, "internal_error", f"{type(err).__name__}: {err}"))
                 continue
-            accepted.append((row["id"], sum(len(wave) for _, wave, _, _ in made) / audio.SAMPLE_RATE))
+            accepted.append((row["id"], sum(len(e.wave) for e in made) / audio.SAMPLE_RATE))
             previous = last_said.get(row.get("speaker")) if row.get("speaker") else None
-            for example_id, wave, ids, text in made:
-                out["id"].append(example_id)
-                out["audio"].append(audio.to_wire(wave, self.wire_dtype))
-                out["num_samples"].append(len(wave))
-                out["labels"].append(ids)
-                out["text"].append(text)
+            for example in made:
+                out["id"].append(example.id)
+                out["audio"].append(audio.to_wire(example.wave, self.wire_dtype))
+                out["num_samples"].append(len(example.wave))
+                out["labels"].append(example.labels)
+                out["text"].append(example.text)
                 out["previous"].append(previous)
-                previous = text  # a recording's next window follows this one
+                previous = example.text  # a recording's next window follows this one
             if row.get("speaker"):
-                last_said[row["speaker"]] = made[-1][3]
+                last_said[row["speaker"]] = made[-1].text
         problem = ray.get(self.sink.record.remote(self.split, accepted, rejected))
         if problem:
             raise TooManyRejected(problem)

@@ -39,7 +39,7 @@ def prepare(row: dict, tokenizer, max_duration_s: float) -> tuple[np.ndarray, li
     if not labels.fits(ids):
         raise Rejected("transcript_too_long",
                        f"transcript is {len(ids) + 1} tokens with its prompt, over Whisper's {labels.MAX_TARGET_TOKENS}")
-    wave = _audio(row)
+    wave = row_audio(row)
     seconds = len(wave) / audio.SAMPLE_RATE
     if seconds > max_duration_s:
         raise Rejected("too_long", f"clip is {seconds:.1f} s, over data.max_duration_s={max_duration_s:g} "
@@ -47,7 +47,8 @@ def prepare(row: dict, tokenizer, max_duration_s: float) -> tuple[np.ndarray, li
     return wave, ids
 
 
-def _audio(row: dict) -> np.ndarray:
+def row_audio(row: dict) -> np.ndarray:
+    """A raw row's audio (file or embedded bytes), decoded to 16 kHz mono, cut to the row's segment."""
     wave = audio.load(row["audio_bytes"] if row["audio_bytes"] is not None else row["audio_path"])
     return segment(wave, row.get("offset"), row.get("duration"))  # rows built before segments existed lack them
 
@@ -76,7 +77,7 @@ def examples(row: dict, tokenizer, max_duration_s: float) -> list[Example]:
     except Rejected as err:
         if err.reason != "transcript_too_long":  # a long recording's whole text may not fit; its windows' will
             raise
-        wave, ids = _audio(row), None
+        wave, ids = row_audio(row), None
     seconds = len(wave) / audio.SAMPLE_RATE
     if seconds <= limit and ids is not None:
         return [Example(row["id"], wave, ids, row["text"].strip(), segments)]

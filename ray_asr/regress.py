@@ -127,15 +127,14 @@ class Probe:
         return features.to(self.model.dtype)
 
     def _waves(self, source: str) -> list[tuple[dict, np.ndarray]]:
-        from ray_asr import audio, sources
-        from ray_asr.prepare import segment
+        from ray_asr import sources
+        from ray_asr.prepare import row_audio
 
         out = []
         for row in sources.read_all(source):
             if row["error"]:
                 raise ValueError(f"{source}: {row['id']}: {row['error_detail']}")
-            wave = audio.load(row["audio_bytes"] if row["audio_bytes"] is not None else row["audio_path"])
-            out.append((row, segment(wave, row.get("offset"), row.get("duration"))))
+            out.append((row, row_audio(row)))
         return out
 
     def _timestamps(self, source: str) -> tuple[dict, dict]:

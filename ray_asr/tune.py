@@ -129,12 +129,12 @@ def run_trial(params: dict) -> None:
     final = {**metrics.split_row("eval", {key: summary["eval"][key] for key in ("wer", "cer", "eval_loss")}),
              "step": summary["step"], "finished": True}
     general = metrics.key("general_eval", "wer")
+    history = finetune.read_history(cfg)
     if "general_eval" in summary:
         final[general] = summary["general_eval"]["wer"]
-        history = finetune.read_history(cfg)
         if history and history[0]["step"] == 0 and general in history[0]:
             final["general_wer_increase"] = final[general] - history[0][general]
-    last = (finetune.read_history(cfg) or [{}])[-1]
+    last = (history or [{}])[-1]
     final.update({key: value for key, value in last.items() if key.startswith("abilities_") or key.endswith("_change")})
     tune.report(final)
 
