@@ -77,10 +77,12 @@ class RunState:
     """The final checkpoint has been written (its export included)."""
     evaluated_step: int | None = None
     """The step last evaluated, so an epoch end on the evaluation cadence is not evaluated twice."""
+    stopped_early: bool = False
+    """`train.early_stopping` ended the run before its last epoch."""
 
     def finished(self, epochs: int) -> bool:
         """Whether this state ends a run of `epochs` epochs (a run given more epochs goes on)."""
-        return self.done and self.epoch >= epochs
+        return self.done and (self.epoch >= epochs or self.stopped_early)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -29,11 +29,30 @@ class ModelConfig:
     """Language code written into the decoder prompt (`<|en|>`), e.g. `en`, `de`, `sw`."""
     task: str = "transcribe"
     """`transcribe` or `translate` (to English)."""
+    add_tokens: list = field(default_factory=list)
+    """Domain terms made whole tokens before training (`[metoprolol, apixaban]`): the tokenizer, the embedding and
+    the tied output projection grow by one row per term and form (` term` inside a sentence, `term` at its start),
+    each row starting as the mean of the pieces the term was split into. With `train.strategy: head` only the new
+    rows train."""
+    new_language: dict | None = None
+    """A language token Whisper lacks, for a language or dialect: `{code: xx, name: Scots, from: en}` adds `<|xx|>`,
+    its embedding row starting as `from`'s (default en). Set `model.language: xx` to label and decode with it;
+    `evaluate` and `transcribe` then accept `--language xx` on the exported model."""
 
     def check(self) -> None:
         need(bool(self.name_or_path), "model.name_or_path", "must be set", self.name_or_path)
         need(bool(self.language), "model.language", "must be set", self.language)
         one_of(self.task, "model.task", ("transcribe", "translate"))
+        need(isinstance(self.add_tokens, list) and all(isinstance(t, str) and t.strip() == t and t
+                                                       for t in self.add_tokens),
+             "model.add_tokens", "must be a list of terms without surrounding spaces", self.add_tokens)
+        spec = self.new_language
+        if spec is not None:
+            need(isinstance(spec, dict) and set(spec) <= {"code", "name", "from"} and "code" in spec,
+                 "model.new_language", "must be {code: xx, name: ..., from: en}", spec)
+            code = spec["code"]
+            need(isinstance(code, str) and code.isascii() and code.isalpha() and code.islower() and 2 <= len(code) <= 3,
+                 "model.new_language.code", "must be 2-3 lowercase letters", code)
 
 
 @dataclass
@@ -111,11 +130,23 @@ class DataConfig:
     them); default a folder in the system's temp dir, removed when the run ends."""
     labels: LabelsConfig = field(default_factory=LabelsConfig)
     """Label forms that keep Whisper's own abilities through a fine-tune (timestamps, prompts, silence)."""
+    train_rows: int | None = None
+    """Train on this many rows of `train` only, chosen by `train.seed` (the same rows for the same seed and set):
+    few-shot recipes and learning curves (`ray-asr fewshot-curve`). None = every row."""
+    rehearsal: dict | None = None
+    """General speech rehearsed against forgetting, `{manifest: PATH, fraction: 0.2}`: that share of each epoch's
+    training rows comes from the manifest (the same as a `data.mix` entry of weight fraction / (1 - fraction))."""
     mix: list = field(default_factory=list)
     """Other sets mixed into training, each `{manifest: PATH, weight: W}`: W of its rows per `train` row each epoch
     (0.2: one in five; a set too small for its share repeats), e.g. speech in other languages or general speech
     rehearsed against forgetting. Rows keep their own `language`. The same rows every epoch, chosen by `train.seed`."""
-    """How training labels are built: `{timestamps: 0.5, previous_text: 0.2, no_speech: 0.05}`."""
+
+    def mixes(self) -> list[dict]:
+        """`mix` with `rehearsal` as one more entry."""
+        if not self.rehearsal:
+            return list(self.mix)
+        fraction = self.rehearsal["fraction"]
+        return [*self.mix, {"manifest": self.rehearsal["manifest"], "weight": fraction / (1 - fraction)}]
 
     def check(self) -> None:
         one_of(self.wire_dtype, "data.wire_dtype", ("int16", "float32"))
@@ -142,6 +173,16 @@ class DataConfig:
             weight = item["weight"]
             need(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0,
                  f"data.mix[{i}].weight", "must be a number > 0", weight)
+        need(self.train_rows is None or self.train_rows >= 1, "data.train_rows", "must be >= 1", self.train_rows)
+        if self.rehearsal is not None:
+            spec = self.rehearsal
+            need(isinstance(spec, dict) and set(spec) == {"manifest", "fraction"}, "data.rehearsal",
+                 "must be {manifest: PATH, fraction: F}", spec)
+            need(isinstance(spec["manifest"], str) and spec["manifest"], "data.rehearsal.manifest", "must be a path",
+                 spec["manifest"])
+            fraction = spec["fraction"]
+            need(isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 < fraction < 1,
+                 "data.rehearsal.fraction", "must be in (0, 1)", fraction)
 
 
 @dataclass
@@ -188,8 +229,14 @@ class LoraConfig:
 @dataclass
 class TrainConfig:
     strategy: str = "freeze"
-    """`full`, `freeze` (encoder frozen) or `lora` (peft adapters only). Default measured on the demo corpus
+    """`full`, `freeze` (encoder frozen), `lora` (peft adapters only), `add_layers` (only the layers of
+    `train.add_layers` train: every pretrained weight stays as it was) or `head` (only the embedding rows of
+    `model.add_tokens` / `model.new_language`, plus any added layers). Default measured on the demo corpus
     (see the README): vocabulary adaptation needs the decoder, and a frozen encoder halves the step time."""
+    add_layers: dict = field(default_factory=dict)
+    """New layers stacked on the pretrained ones, `{decoder: 2, encoder: 0}`, each starting as the identity (its
+    output projections zero), so the model's outputs are unchanged at step 0. They train under any strategy; with
+    `strategy: add_layers` nothing else does. The export is a standard Whisper with the layer counts raised."""
     frozen_encoder_layers: int | None = None
     """Frozen depth: bottom N encoder layers (plus conv front end and positions) frozen; None = strategy default."""
     learning_rate: float = 3.0e-5
@@ -250,12 +297,30 @@ class TrainConfig:
     silence, prompts) at each evaluation, on `regression_suite`: `abilities_<metric>` and, against the starting
     model (measured before training), `<metric>_change` in the history, where `tune.constraints` can bound them.
     Costs a few minutes of CPU per evaluation for whisper-base. Not with ZeRO-3 (rank 0 decodes alone)."""
+    early_stopping: dict | None = None
+    """Stop once `metric` (an evaluation key such as `wer`, `eval_loss`, `general_wer`; lower is better) has not
+    improved for `patience` evaluations, `{metric: wer, patience: 3}`; the exported model is then the best
+    evaluation's, not the last. None = train every epoch, export the last."""
     regression_suite: str = "default"
     """`default` (the built-in eSpeak suite, synthesised into `data/abilities` on the driver the first time) or a
     YAML file naming manifests (see `ray-asr regress --suite`)."""
 
     def check(self) -> None:
-        one_of(self.strategy, "train.strategy", ("full", "freeze", "lora"))
+        one_of(self.strategy, "train.strategy", ("full", "freeze", "lora", "add_layers", "head"))
+        need(isinstance(self.add_layers, dict) and set(self.add_layers) <= {"decoder", "encoder"} and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.add_layers.values()),
+            "train.add_layers", "must be {decoder: K, encoder: K} with K >= 0", self.add_layers)
+        need(not (self.strategy == "head" and self.weight_decay), "train.weight_decay",
+             "must be 0 with strategy head (decay would move the embedding rows it keeps)", self.weight_decay)
+        if self.early_stopping is not None:
+            spec = self.early_stopping
+            need(isinstance(spec, dict) and set(spec) <= {"metric", "patience"}, "train.early_stopping",
+                 "must be {metric: wer, patience: N}", spec)
+            need(isinstance(spec.get("metric", "wer"), str), "train.early_stopping.metric", "must be a metric name",
+                 spec.get("metric"))
+            patience = spec.get("patience", 3)
+            need(isinstance(patience, int) and not isinstance(patience, bool) and patience >= 1,
+                 "train.early_stopping.patience", "must be an int >= 1", patience)
         one_of(self.precision, "train.precision", ("auto", "bf16", "fp16", "fp32"))
         need(self.frozen_encoder_layers is None or self.frozen_encoder_layers >= 0, "train.frozen_encoder_layers",
              "must be >= 0", self.frozen_encoder_layers)

@@ -80,12 +80,20 @@ class ManifestDatasource(Datasource):
 
     `mix` (`data.mix`: `[{manifest, weight}]`) adds other sets' shards, interleaved evenly with the source's
     so the mixed rows spread over the epoch; each keeps a seeded share of its rows (`weight` per source row),
-    repeating a set too small for its share under new ids (`<id>@<repeat>`).
+    repeating a set too small for its share under new ids (`<id>@<repeat>`). `rows` (`data.train_rows`) keeps
+    that many of the source's rows, a seeded pick whose smaller sizes are subsets of the larger (a learning
+    curve adds data, never swaps it); the pick reads the source's rows once, on the driver.
     """
 
-    def __init__(self, source: str | Path, mix: list[dict] = (), seed: int = 0):
+    def __init__(self, source: str | Path, mix: list[dict] = (), seed: int = 0, rows: int | None = None):
         self.source = str(source)
         self.shards, self.num_rows = sources.plan(source)
+        self.only = None  # ids of the source's rows kept, or None for all
+        if rows is not None and rows < (self.num_rows or 0):
+            ids = [row["id"] for row in sources.read_all(source)]
+            order = np.random.default_rng([seed, SUBSET_STREAM]).permutation(len(ids))
+            self.only = frozenset(ids[i] for i in order[:rows])
+            self.num_rows = rows
         self.parts = [(shard, 0, 1.0) for shard in self.shards]  # (shard, repeat, share of its rows kept)
         mixed_tasks = []
         for item in mix:
@@ -102,15 +110,27 @@ class ManifestDatasource(Datasource):
         return None
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
-        seed = self.seed
+        seed, only, own = self.seed, self.only, {id(shard) for shard in self.shards}
 
         def task(shard: sources.Shard, repeat: int, keep: float) -> ReadTask:
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(shard.path,))
-            read = (lambda: [sources.read_shard(shard)]) if keep == 1.0 and repeat == 0 else (
-                lambda: [_mixed_share(sources.read_shard(shard), repeat, keep, seed)])
+            if only is not None and id(shard) in own:
+                read = lambda: [_subset(sources.read_shard(shard), only)]
+            elif keep == 1.0 and repeat == 0:
+                read = lambda: [sources.read_shard(shard)]
+            else:
+                read = lambda: [_mixed_share(sources.read_shard(shard), repeat, keep, seed)]
             return ReadTask(read, meta, schema=sources.RAW_SCHEMA, per_task_row_limit=per_task_row_limit)
 
         return [task(*part) for part in self.parts]
+
+
+def _subset(table: pa.Table, only: frozenset) -> pa.Table:
+    return table.filter(pa.array([i in only for i in table.column("id").to_pylist()], pa.bool_()))
+
+
+# The seed stream of `data.train_rows`' pick (apart from every per-row stream: see LABEL_STREAM).
+SUBSET_STREAM = 1_000_037
 
 
 # The `epoch` of the generator that picks a mixed set's rows: one no run reaches (see LABEL_STREAM).
@@ -287,7 +307,8 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     source = getattr(cfg.data, split)
     if source is None:
         raise ValueError(f"data.{split}: not set")
-    datasource = ManifestDatasource(source, cfg.data.mix if split == "train" else (), cfg.train.seed)
+    datasource = ManifestDatasource(source, cfg.data.mixes() if split == "train" else (), cfg.train.seed,
+                                    rows=cfg.data.train_rows if split == "train" else None)
     limit = cfg.data.max_rejected_fraction if enforce_limit else None
     ray.get(sink.register.remote(split, datasource.num_rows, limit))
     tier = {"resources": cfg.data.augment_resources} if cfg.data.augment_resources else {}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ray_asr import labels
 from ray_asr.collate import IGNORE_INDEX
 from ray_asr.labels import MAX_TARGET_TOKENS, languages_of
 from ray_asr.metrics import has_loop
@@ -42,6 +43,9 @@ def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = Fa
     (what evaluation during training uses); 5 is what faster-whisper deploys with by default.
     """
     prompt = {key: value for key, value in (("language", language), ("task", task)) if value}
+    if language:  # a language `model.new_language` added goes by its token
+        prompt["language"] = (labels.generation_language(language) if isinstance(language, str)
+                              else [labels.generation_language(code) for code in language])
     if prompt_ids is not None:
         prompt["prompt_ids"] = prompt_ids
     out = model.generate(**inputs, **prompt, max_new_tokens=max_new_tokens or max(limits), synced_gpus=synced_gpus,

@@ -27,6 +27,7 @@ import torch
 
 from ray_asr import model as model_lib
 from ray_asr.config import Config
+from ray_asr.labels import generation_language
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -66,7 +67,7 @@ def write(cfg: Config, trainable: dict[str, torch.Tensor], out: Path, adapter_ou
         if adapter_out is not None:
             model.save_pretrained(adapter_out, safe_serialization=True)  # before merging folds it in
         model = model.merge_and_unload()
-    model.generation_config.language = cfg.model.language
+    model.generation_config.language = generation_language(cfg.model.language)
     model.generation_config.task = cfg.model.task
     model.save_pretrained(out, safe_serialization=True)
     WhisperProcessor.from_pretrained(cfg.model.name_or_path).save_pretrained(out)

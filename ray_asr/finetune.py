@@ -23,10 +23,10 @@ import ray
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from ray_asr import checkpoint, cluster, data, ingest, layout, metrics, plots, progress, quiet
+from ray_asr import checkpoint, cluster, data, grow, ingest, layout, metrics, plots, progress, quiet
 from ray_asr.config import Config
 from ray_asr.metrics import EVAL_SPLITS, METRIC_KEYS
-from ray_asr.train import train_loop_per_worker
+from ray_asr.train import EXPORTED_FILE, train_loop_per_worker
 
 
 def storage_path(cfg: Config) -> str:
@@ -117,6 +117,9 @@ def absolute_paths(values: dict) -> dict:
         if values["data"][split]:
             values["data"][split] = absolute(values["data"][split])
     values["data"]["mix"] = [{**item, "manifest": absolute(item["manifest"])} for item in values["data"].get("mix", [])]
+    if values["data"].get("rehearsal"):
+        values["data"]["rehearsal"] = {**values["data"]["rehearsal"],
+                                       "manifest": absolute(values["data"]["rehearsal"]["manifest"])}
     if values["train"].get("prompt_vocabulary"):
         spec = values["train"]["prompt_vocabulary"] = dict(values["train"]["prompt_vocabulary"])
         spec["file"] = absolute(spec["file"])
@@ -158,9 +161,12 @@ def collect(cfg: Config, final_checkpoint, steps_run: int | None) -> dict:
                 shutil.rmtree(out / name, ignore_errors=True)
                 shutil.copytree(folder / name, out / name)
         history = json.loads((folder / "history.json").read_text())
+        exported = folder / EXPORTED_FILE
+        exported_step = json.loads(exported.read_text())["step"] if exported.is_file() else None
         if (folder / "predictions.jsonl").exists():
             shutil.copyfile(folder / "predictions.jsonl", out / "predictions.jsonl")
-    final = history[-1]
+    # The row of the exported model: the last, or under train.early_stopping the best (`Worker._exported_state`).
+    final = next((row for row in reversed(history) if row["step"] == exported_step), history[-1])
     summary = {split: metrics.of_split(final, split) for split in EVAL_SPLITS if metrics.key(split, "wer") in final}
     summary["step"], summary["epoch"], summary["steps_run"] = final["step"], final["epoch"], steps_run
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -198,6 +204,7 @@ def check(cfg: Config) -> None:
     if not cfg.data.train:
         raise ConfigError("data.train: must be set for finetune")
     check_model(cfg.model.name_or_path)
+    grow.check(cfg)
     tracking.check(cfg.train.report_to)
 
 
@@ -272,6 +279,7 @@ def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_
     starting model's evaluation measured once for many runs (`score_base`), heading this run's history;
     `show_progress`: draw the workers' bars and lines here (a Tune trial leaves its console to Tune)."""
     check(cfg)
+    cfg = grow.materialise(cfg)  # a grown starting model (added layers, tokens, language) is written once
     done = finished_checkpoint(cfg)
     if done is not None:
         print(f"{cfg.train.run_name}: already finished ({done.path}); writing its outputs again, training nothing")

@@ -86,17 +86,27 @@ def language_token(tokenizer: LabelTokenizer, language: str) -> int:
     return found
 
 
+def is_language_code(code: str) -> bool:
+    """Whether `code` has the form of a language token's code: 2-3 lowercase letters (`en`, `haw`, or a language
+    `model.new_language` added); Whisper's other special tokens (`transcribe`, `nospeech`, ...) are longer."""
+    return 2 <= len(code) <= 3 and code.isascii() and code.isalpha() and code.islower()
+
+
+def generation_language(code: str) -> str:
+    """A language as `generate(language=...)` takes it: Whisper's own by code, an added one by its token
+    (transformers looks codes up in its fixed table, tokens in the model's `lang_to_id`)."""
+    from transformers.models.whisper.tokenization_whisper import LANGUAGES
+
+    return code if code in LANGUAGES or not is_language_code(code) else f"<|{code}|>"
+
+
 def languages_of(tokenizer: LabelTokenizer, label_rows, default: str) -> str | list[str]:
     """The language code each row of labels starts with (`<|de|>` → `de`; `default` for a row that starts with
     something else), as generation takes it: one code when every row shares it, else one per row."""
-    from transformers.models.whisper.tokenization_whisper import (
-        LANGUAGES,  # the trainer's and scorer's, not the data tier's
-    )
-
     codes = []
     for row in label_rows:
         code = (tokenizer.backend.id_to_token(int(row[0])) or "").strip("<|>") if len(row) else ""
-        codes.append(code if code in LANGUAGES else default)
+        codes.append(code if is_language_code(code) else default)
     return codes[0] if len(set(codes)) == 1 else codes
 
 

@@ -35,6 +35,19 @@ def of_split(row: dict, split: str) -> dict:
     return {name: row[key(split, name)] for name in METRIC_KEYS if key(split, name) in row}
 
 
+def best_index(history: list[dict], metric: str) -> int | None:
+    """The history row with the lowest `metric` (the earliest of equals), or None where no row has it."""
+    scored = [(row[metric], i) for i, row in enumerate(history) if row.get(metric) is not None
+              and row[metric] == row[metric]]  # NaN (a split too raw to score) never wins
+    return min(scored)[1] if scored else None
+
+
+def stale_evaluations(history: list[dict], metric: str) -> int:
+    """Evaluations since the best one by `metric` (all of them when none has it)."""
+    best = best_index(history, metric)
+    return len(history) - 1 - best if best is not None else len(history)
+
+
 @lru_cache(maxsize=4)
 def _normalizer(language: str):
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer

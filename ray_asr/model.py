@@ -27,8 +27,13 @@ def require_folder(path: str) -> None:
         raise FileNotFoundError(f"{path} is not a Whisper model folder (no config.json)")
 
 
-def frozen_depth(train: TrainConfig, encoder_layers: int) -> int:
-    """Encoder layers to freeze: the configured depth, or the strategy's default (all for `freeze`)."""
+# Strategies that train only what growth added (`ray_asr.grow`): every pretrained weight stays as it was.
+GROWTH_ONLY = ("add_layers", "head")
+
+
+def frozen_depth(train: TrainConfig, encoder_layers: int, added_encoder_layers: int = 0) -> int:
+    """Encoder layers to freeze: the configured depth, or the strategy's default (all pretrained ones for `freeze`
+    and the growth-only strategies; none for `full` and `lora`)."""
     if train.frozen_encoder_layers is not None:
         if train.frozen_encoder_layers > encoder_layers:
             from ray_asr.config import ConfigError
@@ -36,7 +41,15 @@ def frozen_depth(train: TrainConfig, encoder_layers: int) -> int:
             raise ConfigError(f"train.frozen_encoder_layers: the model has {encoder_layers} encoder layers, "
                               f"got {train.frozen_encoder_layers}")
         return train.frozen_encoder_layers
-    return encoder_layers if train.strategy == "freeze" else 0
+    return encoder_layers - added_encoder_layers if train.strategy in ("freeze", *GROWTH_ONLY) else 0
+
+
+def depth_of(model, train: TrainConfig) -> int:
+    """`frozen_depth` of a loaded model, counting the encoder layers its growth added."""
+    from ray_asr.grow import Growth
+
+    added = len(Growth.of(model.name_or_path).added_encoder_layers)
+    return frozen_depth(train, model.config.encoder_layers, added)
 
 
 def freeze_encoder(model, depth: int) -> None:
@@ -59,18 +72,57 @@ def _adapter_targets(names: list[str], depth: int) -> str:
 
 
 def apply_strategy(model, train: TrainConfig):
-    """Applies `train.strategy` and frozen depth; returns the model to train (a peft model for LoRA)."""
-    depth = frozen_depth(train, model.config.encoder_layers)
+    """Applies `train.strategy` and frozen depth; returns the model to train (a peft model for LoRA). Layers a
+    grown model added (`ray_asr.grow`) train under every strategy."""
+    from ray_asr.grow import Growth
+
+    growth = Growth.of(model.name_or_path)
+    depth = depth_of(model, train)
+    added = growth.added_layers(model.model)
     if train.strategy == "lora":
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=train.lora.r, lora_alpha=train.lora.alpha, lora_dropout=train.lora.dropout,
                           target_modules=_adapter_targets(train.lora.target_modules, depth))
-        return get_peft_model(model, lora)  # freezes every base weight, adapters train
+        model = get_peft_model(model, lora)  # freezes every base weight, adapters train
+        for layer in added:
+            layer.requires_grad_(True)
+        return model
+    if train.strategy in GROWTH_ONLY:
+        _train_growth_only(model, train, growth, added)
+        return model
     freeze_encoder(model, depth)
     if train.freeze_token_embeddings:
         model.model.decoder.embed_tokens.requires_grad_(False)
     return model
+
+
+def _train_growth_only(model, train: TrainConfig, growth, added: list) -> None:
+    """Freezes everything but the added layers and, for `head`, the new rows of the token embedding (tied to the
+    output projection): the old rows get a zero gradient, so Adam leaves them exactly as they were."""
+    from ray_asr.config import ConfigError
+
+    model.requires_grad_(False)
+    for layer in added:
+        layer.requires_grad_(True)
+    if train.strategy == "head":
+        first = growth.first_new_token
+        if first is None:
+            raise ConfigError("train.strategy: head trains the rows model.add_tokens or model.new_language add; "
+                              "set one of them")
+        embed = model.get_input_embeddings().weight
+        embed.requires_grad_(True)
+        embed.register_hook(lambda grad: _old_rows_zeroed(grad, first))
+    elif not added:
+        raise ConfigError("train.strategy: add_layers trains only the layers train.add_layers adds; set "
+                          "train.add_layers: {decoder: 2}")
+
+
+def _old_rows_zeroed(grad, first: int):
+    """`grad` with its rows before `first` zeroed (a new tensor: hooks must not change theirs in place)."""
+    keep = grad.clone()
+    keep[:first] = 0
+    return keep
 
 
 def trainable_summary(model) -> dict:

@@ -52,6 +52,7 @@ from ray_asr.zero import deepspeed_config, effective, init_distributed, optimize
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
 log = logging.getLogger(__name__)
+EXPORTED_FILE = "exported.json"  # in the final checkpoint: the step whose model `model/` holds
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -116,6 +117,8 @@ class Worker:
         self.clips, self.step_seconds = 0, 0.0  # real clips trained and time in steps since the last evaluation
         self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
         self.eval_cache = EvalCache(self.cfg.data.eval_cache_mb)
+        self.exported_step = 0
+        self.best: dict | None = None  # rank 0: the trained values at the best evaluation (`train.early_stopping`)
         self.watchdog = Watchdog(self._stall_message, warn=lambda text: self.report.say(text, warning=True)) \
             if self.rank == 0 else None
         self.tracker = self._tracker()
@@ -160,7 +163,7 @@ class Worker:
         net = model_lib.apply_strategy(model_lib.load(self.cfg.model.name_or_path), self.cfg.train)
         if self.cfg.train.gradient_checkpointing:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        depth = model_lib.frozen_depth(self.cfg.train, net.config.encoder_layers)
+        depth = model_lib.depth_of(whisper_of(net), self.cfg.train)
         cache = self._activation_cache(net, depth)  # reads the frozen weights: before ZeRO-3 partitions them
         if self.cfg.train.deepspeed.stage < 3:  # it reads the projections' weights directly, outside ZeRO-3's hooks
             cross_attention.install(whisper_of(net))
@@ -268,6 +271,7 @@ class Worker:
             # Kept in the history, not reported: a search's scheduler should rank trials on trained steps only.
             # A search scores the starting model once for all its trials (`plan["base_row"]`).
             self.state.history.append(self.plan.get("base_row") or self._eval_row(epoch=0))
+            self._track_best(final=False)  # the starting model is a candidate too: a fine-tune may never beat it
         for epoch in range(self.state.epoch, self.cfg.train.epochs):
             shard = ray.train.get_dataset_shard("train")
             batches = shard.iter_torch_batches(
@@ -285,7 +289,12 @@ class Worker:
                     self._after_step(epoch)
                 if stepped and every and self.state.step % every == 0:
                     self._evaluate_and_checkpoint(epoch + 1, final=False)  # the epoch in progress
+                    if self.state.stopped_early:
+                        break
                     self._start_train_bar()
+            if self.state.stopped_early:
+                self._evaluate_and_checkpoint(epoch + 1, final=True)  # evaluated already: the final checkpoint
+                return
             self.state.epoch, self.state.batches_done = epoch + 1, 0
             self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
 
@@ -453,6 +462,39 @@ class Worker:
             self.tracker.scalars(row["step"], {k: v for k, v in row.items() if not (logged and k.startswith("train_"))})
         return row
 
+    def _track_best(self, final: bool) -> None:
+        """`train.early_stopping`: keeps the trained values of the best evaluation so far (rank 0, on the CPU) and
+        decides, the same on every rank (the rows are gathered), whether to stop."""
+        spec = self.cfg.train.early_stopping
+        if spec is None:
+            return
+        metric, history = spec.get("metric", "wer"), self.state.history
+        if metrics.best_index(history, metric) == len(history) - 1 and not final:
+            state = export.trainable_state(self.engine)  # collective under ZeRO-3
+            self.best = {"step": self.state.step, "state": state} if self.rank == 0 else {"step": self.state.step}
+        stale = metrics.stale_evaluations(history, metric)
+        if not final and stale >= spec.get("patience", 3):
+            self.state.stopped_early = True
+            best = history[metrics.best_index(history, metric)] if metrics.best_index(history, metric) is not None else {}
+            self.report.say(f"[train] early stopping at step {self.state.step}: {metric} has not improved for {stale} "
+                            f"evaluations; exporting step {best.get('step', self.state.step)}'s model "
+                            f"({metric} {best.get(metric, float('nan')):.4g})")
+
+    def _exported_state(self) -> dict:
+        """What the final checkpoint exports: the best evaluation's trained values under `train.early_stopping`
+        when they are kept and better than the last, else the last (collective under ZeRO-3)."""
+        last = export.trainable_state(self.engine)
+        self.exported_step = self.state.step
+        spec = self.cfg.train.early_stopping
+        if spec is None or self.best is None or self.rank != 0:
+            return last
+        history, metric = self.state.history, spec.get("metric", "wer")
+        best = metrics.best_index(history, metric)
+        if best is not None and history[best]["step"] == self.best["step"]:
+            self.exported_step = self.best["step"]
+            return self.best["state"]
+        return last  # the best was before a restart, whose kept values are gone: the last, and the summary says so
+
     def _evaluate_and_checkpoint(self, epoch: int, final: bool) -> None:
         """Evaluates and checkpoints, once per step: an epoch's end that falls on the eval cadence, or a
         step evaluated before a restart, is not evaluated again (the final checkpoint is still written)."""
@@ -464,7 +506,8 @@ class Worker:
             row = self._eval_row(epoch)
             self.state.history.append(row)
             self.state.evaluated_step = self.state.step
-        trainable = export.trainable_state(self.engine) if final else None  # collective under ZeRO-3
+            self._track_best(final)
+        trainable = self._exported_state() if final else None
         self.state.done = final
         with tempfile.TemporaryDirectory(prefix="ray-asr-ckpt-") as tmp:
             folder = Path(tmp)
@@ -472,6 +515,7 @@ class Worker:
             if final and self.rank == 0:
                 export.write(self.cfg, trainable, folder / "model", adapter_out=folder / "adapter")
                 (folder / "history.json").write_text(json.dumps(self.state.history, indent=1))
+                (folder / EXPORTED_FILE).write_text(json.dumps({"step": self.exported_step}))
                 with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
                     for split, rows in self.predictions.items():
                         f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)

@@ -81,13 +81,15 @@ class Transcriber:
     def __call__(self, waves: list[np.ndarray]) -> list[Transcript]:
         import torch
 
+        from ray_asr.labels import generation_language
+
         prompt = {"prompt_ids": self.prompt_ids.to(self.device)} if self.prompt_ids is not None else {}
         features = self.features(waves)
 
         def decode(beams: int) -> dict:
             with torch.no_grad():
-                return self.model.generate(**features, language=self.language, task=self.task, return_timestamps=True,
-                                           return_segments=True, num_beams=beams, **prompt)
+                return self.model.generate(**features, language=generation_language(self.language), task=self.task,
+                                           return_timestamps=True, return_segments=True, num_beams=beams, **prompt)
 
         try:
             out = decode(self.beam_size)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from ray_asr import cluster, config, finetune, layout, metrics
+from ray_asr import cluster, config, finetune, grow, layout, metrics
 from ray_asr.config import AUTO, Config, ConfigError
 
 EXPERIMENT = "search"
@@ -292,6 +292,7 @@ def table(rows: list[dict]) -> str:
 def run(cfg: Config) -> list[dict]:
     """The whole search; returns the trials' rows, best first."""
     check(cfg)
+    cfg = grow.materialise(cfg)  # once for every trial
     cluster.connect(cfg.ray.address)
     concurrency = _concurrency(cfg)
     layout.resolve(cfg, reserved=_reserved(cfg, concurrency))  # a trial that cannot fit stops the search here
