@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_REJECTED, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-RESUMABLE = ("finetune", "tune", "demo")  # commands whose rerun picks up from the last checkpoint
+RESUMABLE = ("finetune", "tune", "demo", "fewshot-curve")  # commands whose rerun picks up from the last checkpoint
 
 
 def _finetune(args) -> int:
@@ -41,6 +41,18 @@ def _tune(args) -> int:
         return EXIT_FAILED
     if failed:
         print(f"ray-asr tune: {failed} of {len(rows)} trials failed (see {cfg.output_dir}/trials.csv)", file=sys.stderr)
+    return EXIT_OK
+
+
+def _fewshot_curve(args) -> int:
+    from ray_asr import builtin, cluster, config, fewshot, finetune
+
+    cfg = config.load(args.config, args.overrides)
+    ks = fewshot.parse_ks(args.k)
+    finetune.check(cfg)  # before built-in assets are made and Ray starts
+    cfg = builtin.resolve(cfg)
+    cluster.connect(cfg.ray.address, log_to_driver=args.verbose)
+    fewshot.curve(cfg, ks)
     return EXIT_OK
 
 
@@ -200,7 +212,7 @@ def _demo_corpus(args) -> int:
 
     try:
         manifests = build(args.out_dir, CorpusSize(args.train, args.eval, args.general), seed=args.seed,
-                          accent=args.accent)
+                          accent=args.accent, language=args.language)
     except ValueError as err:
         print(f"ray-asr demo-corpus: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -262,6 +274,11 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("config")
         p.add_argument("overrides", nargs="*", help="dotted.key=value")
         p.set_defaults(run=run)
+    p = command("fewshot-curve", help="the few-shot recipe at several training-set sizes: a learning curve")
+    p.add_argument("config", help="e.g. configs/few-shot.yaml")
+    p.add_argument("--k", default="8,16,32,64,128", help="training utterances per point, comma-separated")
+    p.add_argument("overrides", nargs="*", help="dotted.key=value")
+    p.set_defaults(run=_fewshot_curve)
     p = command("evaluate", help="WER/CER of a model on a manifest")
     p.add_argument("model_dir")
     p.add_argument("manifest")
@@ -320,6 +337,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--general", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--accent", help="speak it in this accent (french), eval/general splits by held-out speakers")
+    p.add_argument("--language", help="tag every row with this language code (e.g. one model.new_language adds)")
     p.set_defaults(run=_demo_corpus)
 
     p = command("abilities-corpus", help="synthesise the abilities suite `regress` measures (and its rehearsal set)")

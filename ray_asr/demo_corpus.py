@@ -216,9 +216,12 @@ def sentences(size: CorpusSize, seed: int = 0, accent: Accent | None = None) -> 
     return split_plan
 
 
-def build(out_dir: str | Path, size: CorpusSize = CorpusSize(), seed: int = 0, accent: str | None = None) -> dict[str, Path]:
-    """Synthesises the corpus into `out_dir` (clips/ + one manifest per split), in one of `ACCENTS` if named;
-    returns the manifests."""
+def build(out_dir: str | Path, size: CorpusSize = CorpusSize(), seed: int = 0, accent: str | None = None,
+          language: str | None = None) -> dict[str, Path]:
+    """Synthesises the corpus into `out_dir` (clips/ + one manifest per split), in one of `ACCENTS` if named, every
+    row tagged with `language` if given (e.g. a code for `model.new_language`); returns the manifests. The training
+    split's two parts are written apart too, over the same clips: `in_domain` (clinical sentences only: few-shot
+    picks) and `rehearsal` (the everyday sentences, for `data.rehearsal`)."""
     if accent is not None and accent not in ACCENTS:
         raise ValueError(f"--accent {accent!r}: expected one of {', '.join(ACCENTS)}")
     out_dir = Path(out_dir)
@@ -233,7 +236,20 @@ def build(out_dir: str | Path, size: CorpusSize = CorpusSize(), seed: int = 0, a
                 clip = f"clips/{split}_{i:04d}.flac"
                 sf.write(out_dir / clip, wave, synth.sample_rate, subtype="PCM_16")
                 row = {"audio": clip, "text": text, "speaker": voice.name, "duration": round(len(wave) / synth.sample_rate, 3)}
+                if language:
+                    row["language"] = language
                 manifest.write(json.dumps(row) + "\n")
                 bar.update(1)
         manifests[split] = path
+    manifests.update(_train_parts(out_dir, manifests["train"]))
     return manifests
+
+
+def _train_parts(out_dir: Path, train: Path) -> dict[str, Path]:
+    """`in_domain.jsonl` and `rehearsal.jsonl`: the training manifest's rows split by kind, over the same clips."""
+    everyday = set(REHEARSAL_SENTENCES)
+    rows = [json.loads(line) for line in train.read_text().splitlines() if line.strip()]
+    parts = {"in_domain": [r for r in rows if r["text"] not in everyday], "rehearsal": [r for r in rows if r["text"] in everyday]}
+    for name, picked in parts.items():
+        (out_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in picked))
+    return {name: out_dir / f"{name}.jsonl" for name in parts}

@@ -205,7 +205,24 @@ def check(cfg: Config) -> None:
         raise ConfigError("data.train: must be set for finetune")
     check_model(cfg.model.name_or_path)
     grow.check(cfg)
+    _check_early_stopping(cfg)
     tracking.check(cfg.train.report_to)
+
+
+def _check_early_stopping(cfg: Config) -> None:
+    """`train.early_stopping.metric` must be one the run's evaluations report."""
+    from ray_asr.config import ConfigError
+
+    spec = cfg.train.early_stopping
+    if spec is None:
+        return
+    reported = {metrics.key(split, name) for split in EVAL_SPLITS if getattr(cfg.data, split) for name in METRIC_KEYS}
+    metric = spec.get("metric", "wer")
+    if not reported:
+        raise ConfigError("train.early_stopping: needs data.eval (or data.general_eval) to evaluate on")
+    if metric not in reported and not (cfg.train.regression and metric.startswith("abilities_")):
+        raise ConfigError(f"train.early_stopping.metric: {metric!r} is not reported by this run's evaluations "
+                          f"(e.g. {', '.join(sorted(reported)[:4])})")
 
 
 def check_model(name: str) -> None:

@@ -63,6 +63,28 @@ def search(rows: list[dict], out: Path) -> Path:
     return out
 
 
+def fewshot_curve(rows: list[dict], base: dict, out: Path) -> Path:
+    """In-domain and general WER against training-set size k (log axis), the base model's as dashed lines."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = [r["k"] for r in rows]
+    for key, label, colour in (("wer", "in-domain WER", "C0"), ("general_wer", "general WER", "C1")):
+        values = [100 * r[key] if r[key] is not None else float("nan") for r in rows]
+        ax.plot(ks, values, marker="o", color=colour, label=label)
+        base_value = base.get(metrics.key("general_eval", "wer") if key == "general_wer" else "wer")
+        if base_value is not None:
+            ax.axhline(100 * base_value, color=colour, linestyle="--", alpha=0.6, label=f"base {label}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set(xlabel="training utterances k", ylabel="WER %", title="few-shot learning curve")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def robustness(rows: list[dict], out: Path) -> Path:
     """WER against SNR, one panel per noise (and one against RT60 for echo); a line per model, dashed with denoise."""
     plt = _pyplot()

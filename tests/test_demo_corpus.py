@@ -11,16 +11,20 @@ from ray_asr import demo_corpus
 from ray_asr.demo_corpus import CorpusSize
 
 
-def test_build_writes_three_manifests_of_speech(tmp_path):
-    manifests = demo_corpus.build(tmp_path, CorpusSize(train=6, eval=3, general=2, rehearsal=0), seed=1)
-    assert set(manifests) == {"train", "eval", "general"}
-    for split, count in (("train", 6), ("eval", 3), ("general", 2)):
-        rows = [json.loads(line) for line in manifests[split].read_text().splitlines()]
-        assert len(rows) == count
-        for row in rows:
+def test_build_writes_three_manifests_of_speech_and_the_training_parts(tmp_path):
+    manifests = demo_corpus.build(tmp_path, CorpusSize(train=6, eval=3, general=2, rehearsal=2), seed=1, language="xx")
+    assert set(manifests) == {"train", "eval", "general", "in_domain", "rehearsal"}
+    read = {split: [json.loads(line) for line in path.read_text().splitlines()] for split, path in manifests.items()}
+    for split, count in (("train", 8), ("eval", 3), ("general", 2)):
+        assert len(read[split]) == count
+        for row in read[split]:
             wave, rate = sf.read(tmp_path / row["audio"])
             assert rate == 22_050 and 0.8 < len(wave) / rate < 8 and np.abs(wave).max() > 0.05
-            assert abs(row["duration"] - len(wave) / rate) < 1e-2 and row["text"]
+            assert abs(row["duration"] - len(wave) / rate) < 1e-2 and row["text"] and row["language"] == "xx"
+    # The training split's parts: every clinical row in one, every everyday row in the other, nothing else.
+    assert len(read["in_domain"]) == 6 and all(any(d in r["text"] for d in demo_corpus.DRUGS) for r in read["in_domain"])
+    assert len(read["rehearsal"]) == 2 and not any(d in r["text"] for r in read["rehearsal"] for d in demo_corpus.DRUGS)
+    assert sorted(map(json.dumps, read["in_domain"] + read["rehearsal"])) == sorted(map(json.dumps, read["train"]))
 
 
 def test_splits_are_deterministic_and_eval_templates_are_held_out():

@@ -167,6 +167,8 @@ def test_new_language_token_is_generated_and_exported(tiny_model, headed, tmp_pa
     out_dir = export.write(trained, state, tmp_path / "model")
     generation = json.loads((out_dir / "generation_config.json").read_text())
     assert generation["lang_to_id"]["<|xx|>"] == xx
+    ct2 = export.export(out_dir, "ct2", tmp_path / "ct2")  # the grown vocabulary converts as it is
+    assert json.loads((ct2 / "config.json").read_text())["lang_ids"][-1] == xx
     reloaded = WhisperForConditionalGeneration.from_pretrained(out_dir)
     again = reloaded.generate(input_features=features, max_new_tokens=3,  # the exported default: <|xx|>
                               return_dict_in_generate=True).sequences

@@ -12,7 +12,7 @@ from audio_fixtures import build_catalogue
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ray_asr import audio, labels, sources
+from ray_asr import audio, config, labels, sources
 from ray_asr.audio import Rejected
 from ray_asr.prepare import REASONS, SEGMENT_TOLERANCE_S, prepare, quarantine_record
 
@@ -155,3 +155,28 @@ def test_mixed_sets_are_read_interleaved_with_the_training_set(tmp_path):
     german = [i for i, k in enumerate(kinds) if k]
     assert german[0] < len(kinds) / 3 and german[-1] >= 2 * len(kinds) / 3  # spread through the epoch
     assert [repeat for shard, repeat, _ in source.parts if shard.path.endswith("de.jsonl")] == [0, 1, 2]
+
+
+def _read_ids(source) -> list[str]:
+    return [i for task in source.get_read_tasks(1) for block in task() for i in block.column("id").to_pylist()]
+
+
+def test_train_rows_picks_a_seeded_subset_nested_across_sizes(tmp_path):
+    from ray_asr import data
+
+    for name, rows in (("train", 300), ("everyday", 40)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(f'{{"audio": "a.wav", "text": "{i}"}}\n' for i in range(rows)))
+    picks = {k: set(_read_ids(data.ManifestDatasource(tmp_path / "train.jsonl", seed=3, rows=k))) for k in (8, 32)}
+    assert len(picks[8]) == 8 and len(picks[32]) == 32 and picks[8] < picks[32]  # a curve adds rows, never swaps
+    assert picks[8] == set(_read_ids(data.ManifestDatasource(tmp_path / "train.jsonl", seed=3, rows=8)))
+    assert picks[8] != set(_read_ids(data.ManifestDatasource(tmp_path / "train.jsonl", seed=4, rows=8)))
+    assert data.ManifestDatasource(tmp_path / "train.jsonl", rows=500).num_rows == 300  # more than there is: all
+
+    # Rehearsal beside the pick: its share is of the picked rows, not of the whole set.
+    cfg = config.from_dict({"data": {"train": str(tmp_path / "train.jsonl"), "train_rows": 32,
+                                     "rehearsal": {"manifest": str(tmp_path / "everyday.jsonl"), "fraction": 0.2}}})
+    assert cfg.data.mixes() == [{"manifest": str(tmp_path / "everyday.jsonl"), "weight": pytest.approx(0.25)}]
+    source = data.ManifestDatasource(cfg.data.train, cfg.data.mixes(), seed=3, rows=cfg.data.train_rows)
+    ids = _read_ids(source)
+    assert source.num_rows == 40 and sum(i.startswith("train.jsonl") for i in ids) == 32
+    assert 0 < sum(i.startswith("everyday.jsonl") for i in ids) < 20  # a seeded share near 8 of the 40

@@ -218,3 +218,36 @@ def test_ctrl_c_stops_a_run_with_one_line_and_exit_130(tmp_path):
     said = [line for line in err.splitlines() if line.startswith("ray-asr")]
     assert said == ["ray-asr finetune: interrupted; run the same command again to resume from its last checkpoint"]
     assert "Traceback" not in err
+
+
+def test_fewshot_curve_of_a_grown_model_stops_early_and_exports_the_best(tmp_path):
+    """The few-shot path end to end: a decoder layer added (identity at first, alone trained), k rows picked with
+    rehearsal beside them, the base scored once for every point, and a learning rate so large that training only
+    makes the model worse: early stopping ends each run at its first evaluation and exports the best (the start)."""
+    import dataclasses
+
+    from ray_asr import fewshot, grow
+
+    cfg = _smoke(tmp_path, "scaling.num_workers=1", "train.strategy=add_layers", "train.add_layers={decoder: 1}",
+                 "train.learning_rate=1.0", "train.epochs=3", "train.early_stopping={metric: eval_loss, patience: 1}",
+                 "data.general_eval=null")
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, rehearsal={"manifest": str(Path(cfg.data.eval)), "fraction": 0.25}))
+    rows = fewshot.curve(cfg, [4, 8])
+    out = Path(cfg.output_dir)
+    assert [r["k"] for r in rows] == [4, 8] and (out / "fewshot-curve.png").is_file()
+    assert (out / "base_score.json").is_file()
+    grown = out / grow.GROWN_FOLDER
+    base_weights = load_file(grown / "model.safetensors")
+    for k in (4, 8):
+        run = out / f"k-{k}"
+        history = json.loads((run / "history.json").read_text())
+        assert history[0]["step"] == 0 and len(history) == 2, history  # stopped at its first evaluation
+        assert history[1]["eval_loss"] > history[0]["eval_loss"]
+        metrics_ = json.loads((run / "metrics.json").read_text())
+        assert metrics_["step"] == 0 and metrics_["steps_run"] == history[1]["step"] > 0
+        exported = load_file(run / "model" / "model.safetensors")
+        assert json.loads((run / "model" / "config.json").read_text())["decoder_layers"] == 3
+        assert exported.keys() == base_weights.keys() and all(torch.equal(exported[n], base_weights[n])
+                                                               for n in base_weights)
+    assert not (out / "k-4" / grow.GROWN_FOLDER).exists()  # grown once, for every point
