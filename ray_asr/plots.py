@@ -54,7 +54,12 @@ def search(rows: list[dict], out: Path) -> Path:
                            marker="x" if early else "o", s=50,
                            label=f"depth {depth}" + (" (stopped early)" if early else ""))
     ax.set_xscale("log")
-    ax.set(xlabel="learning rate", ylabel="eval WER % (last evaluation)", title="search")
+    return _finish(plt, fig, ax, out, xlabel="learning rate", ylabel="eval WER % (last evaluation)", title="search")
+
+
+def _finish(plt, fig, ax, out: Path, **labels) -> Path:
+    """One-panel figures: labels, grid and legend on `ax`, then written to `out` and closed."""
+    ax.set(**labels)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -76,13 +81,7 @@ def fewshot_curve(rows: list[dict], base: dict, out: Path) -> Path:
             ax.axhline(100 * base_value, color=colour, linestyle="--", alpha=0.6, label=f"base {label}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set(xlabel="training utterances k", ylabel="WER %", title="few-shot learning curve")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _finish(plt, fig, ax, out, xlabel="training utterances k", ylabel="WER %", title="few-shot learning curve")
 
 
 def robustness(rows: list[dict], out: Path) -> Path:

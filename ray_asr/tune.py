@@ -191,7 +191,7 @@ def base_row(cfg: Config) -> dict:
             return saved["row"]
     started = time.perf_counter()
     row = finetune.score_base(cfg, show_progress=True)
-    print(f"[tune] base model scored once for every trial in {time.perf_counter() - started:.0f} s: "
+    print(f"[base] the starting model scored once for every run in {time.perf_counter() - started:.0f} s: "
           f"WER {row['wer']:.2%}" + (f", general WER {row['general_wer']:.2%}" if "general_wer" in row else ""))
     path.write_text(json.dumps({"key": key, "row": row}, indent=1))
     return row
