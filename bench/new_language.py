@@ -72,9 +72,13 @@ def report(out: Path) -> bool:
 
     eval_manifest = Path(CORPUS) / "eval.jsonl"
     untagged = out / "eval-untagged.jsonl"  # the base model's labels cannot carry <|xx|>
-    untagged.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "language"}) + "\n"
-                                for line in eval_manifest.read_text().splitlines() if line.strip()))
-    clips, _ = evaluate.read_clips(str(untagged), labels.load_tokenizer(BASE, "en", "transcribe"))
+    rows = [json.loads(line) for line in eval_manifest.read_text().splitlines() if line.strip()]
+    untagged.write_text("".join(json.dumps({**{k: v for k, v in row.items() if k != "language"},
+                                            "audio": str((ROOT / CORPUS / row["audio"]).resolve())}) + "\n"
+                                for row in rows))
+    clips, rejected = evaluate.read_clips(str(untagged), labels.load_tokenizer(BASE, "en", "transcribe"))
+    if rejected or len(clips) != len(rows):
+        raise SystemExit(f"{untagged}: {len(clips)} of {len(rows)} clips read ({rejected})")
     waves = [c.wave for c in clips]
     model = f"{RUN}/model"
     base_has = AutoTokenizer.from_pretrained(BASE).convert_tokens_to_ids(f"<|{CODE}|>")

@@ -392,7 +392,15 @@ def main(argv: list[str] | None = None) -> int:
     from ray_asr import quiet
     from ray_asr.config import ConfigError
 
-    args = parser().parse_args(argv)
+    top = parser()
+    args, unknown = top.parse_known_args(argv)
+    # Overrides after an option (`fewshot-curve CONFIG --k 8,16 a.b=c`) are positionals argparse has already
+    # closed; they join the others. Anything else unknown is the usual usage error.
+    stray = [a for a in unknown if a.startswith("-") or "=" not in a]
+    if stray or (unknown and not hasattr(args, "overrides")):
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if unknown:
+        args.overrides = [*args.overrides, *unknown]
     quiet.libraries(verbose=args.verbose)
     try:
         return args.run(args)

@@ -159,3 +159,14 @@ def test_tune_exits_non_zero_when_every_trial_failed(tmp_path, monkeypatch, caps
     assert main(["tune", "configs/tune-smoke.yaml", f"output_dir={tmp_path}"]) == code
     said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ray-asr")]
     assert len(said) == (1 if says else 0) and all(line.startswith(says) for line in said)
+
+
+def test_overrides_after_an_option_still_apply_and_strays_are_refused(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {train: t.jsonl, eval: e.jsonl}\n")
+    assert main(["fewshot-curve", str(cfg), "--k", "8", "data.train_rows=0"]) == 2  # the override reached the config
+    assert "data.train_rows: must be >= 1" in capsys.readouterr().err
+    for stray in (["--bogus"], ["loose"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["fewshot-curve", str(cfg), "--k", "8", *stray])
+        assert exit_.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
