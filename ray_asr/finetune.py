@@ -117,6 +117,8 @@ def absolute_paths(values: dict) -> dict:
         if values["data"][split]:
             values["data"][split] = absolute(values["data"][split])
     values["data"]["mix"] = [{**item, "manifest": absolute(item["manifest"])} for item in values["data"].get("mix", [])]
+    if values["data"].get("activation_cache_dir"):  # a folder to create: relative to the driver, like the rest
+        values["data"]["activation_cache_dir"] = str(Path(values["data"]["activation_cache_dir"]).resolve())
     if values["data"].get("rehearsal"):
         values["data"]["rehearsal"] = {**values["data"]["rehearsal"],
                                        "manifest": absolute(values["data"]["rehearsal"]["manifest"])}

@@ -50,3 +50,17 @@ def test_a_point_trains_on_k_rows_in_its_own_folder_with_the_base_first():
     assert point.data.train_rows == 16 and point.output_dir.endswith("curve/k-16")
     assert point.train.eval_at_start and point.train.storage_path is None and point.train.run_name.endswith("k16")
     assert cfg.data.train_rows is None  # the curve's own config untouched
+
+
+def test_driver_paths_reach_workers_absolute(tmp_path, monkeypatch):
+    """Workers do not share the driver's working directory: the rehearsal set and a chosen activation-cache folder
+    (which need not exist yet) are made absolute with the other paths."""
+    from ray_asr import config, finetune
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "everyday.jsonl").write_text("")
+    cfg = config.from_dict({"data": {"train": "t.jsonl", "activation_cache_dir": "runs/activations",
+                                     "rehearsal": {"manifest": "everyday.jsonl", "fraction": 0.2}}})
+    data = finetune.absolute_paths(config.to_dict(cfg))["data"]
+    assert data["activation_cache_dir"] == str(tmp_path / "runs" / "activations")
+    assert data["rehearsal"] == {"manifest": str(tmp_path / "everyday.jsonl"), "fraction": 0.2}
