@@ -292,11 +292,12 @@ class Worker:
                     if self.state.stopped_early:
                         break
                     self._start_train_bar()
-            if self.state.stopped_early:
+            if not self.state.stopped_early:
+                self.state.epoch, self.state.batches_done = epoch + 1, 0
+                self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
+            if self.state.stopped_early:  # at an evaluation in or at the end of this epoch
                 self._evaluate_and_checkpoint(epoch + 1, final=True)  # evaluated already: the final checkpoint
                 return
-            self.state.epoch, self.state.batches_done = epoch + 1, 0
-            self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
 
     def _start_train_bar(self) -> None:
         """The training bar, in optimizer steps over the whole run, drawn again after each evaluation's bar."""

@@ -174,8 +174,9 @@ def test_the_job_api_is_on_loopback_and_refuses_calls_without_the_token(cluster)
 
 def test_finetune_job_trains_on_the_training_node_and_prepares_audio_on_the_augmentation_node(cluster, tmp_path):
     out = tmp_path / "finetune"
+    # One worker: where the work lands is the point here (two ranks' lock-step runs in test_finetune.py).
     job = cluster.submit("jobs/finetune.py", "configs/smoke.yaml", f"output_dir={out}", "train.epochs=1",
-                         "data.general_eval=null", *PLACEMENT, timeout=420)
+                         "scaling.num_workers=1", "data.general_eval=null", *PLACEMENT, timeout=420)
     metrics = json.loads((out / "metrics.json").read_text())
     assert (out / "model" / "model.safetensors").exists()
     # Every eval clip scored (none quarantined), and the WER is the edit counts over the eval split's words (tone
@@ -189,7 +190,7 @@ def test_finetune_job_trains_on_the_training_node_and_prepares_audio_on_the_augm
     assert metrics["epoch"] == 1 and 0 < metrics["steps_run"] <= metrics["step"], metrics
     placed = _placed(cluster, job)
     assert set(placed["Preparer"]) == {cluster.augment_node} and set(placed["Augmenter"]) == {cluster.augment_node}
-    assert set(placed["RayTrainWorker"]) == {cluster.trainer_node} and len(placed["RayTrainWorker"]) >= 2
+    assert set(placed["RayTrainWorker"]) == {cluster.trainer_node} and len(placed["RayTrainWorker"]) >= 1
 
 
 # Three minutes on 2 cores: trial workers are placed by the same code as finetune's (the test above), and
