@@ -50,9 +50,11 @@ class ModelConfig:
         if spec is not None:
             need(isinstance(spec, dict) and set(spec) <= {"code", "name", "from"} and "code" in spec,
                  "model.new_language", "must be {code: xx, name: ..., from: en}", spec)
+            from ray_asr.labels import is_language_code
+
             code = spec["code"]
-            need(isinstance(code, str) and code.isascii() and code.isalpha() and code.islower() and 2 <= len(code) <= 3,
-                 "model.new_language.code", "must be 2-3 lowercase letters", code)
+            need(isinstance(code, str) and is_language_code(code), "model.new_language.code",
+                 "must be 2-3 lowercase letters", code)
 
 
 @dataclass

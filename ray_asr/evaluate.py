@@ -42,10 +42,10 @@ def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = Fa
     the terms' tokens) is Whisper's previous-text prompt: custom vocabulary. `beam_size` 1 is greedy
     (what evaluation during training uses); 5 is what faster-whisper deploys with by default.
     """
-    prompt = {key: value for key, value in (("language", language), ("task", task)) if value}
     if language:  # a language `model.new_language` added goes by its token
-        prompt["language"] = (labels.generation_language(language) if isinstance(language, str)
-                              else [labels.generation_language(code) for code in language])
+        language = (labels.generation_language(language) if isinstance(language, str)
+                    else [labels.generation_language(code) for code in language])
+    prompt = {key: value for key, value in (("language", language), ("task", task)) if value}
     if prompt_ids is not None:
         prompt["prompt_ids"] = prompt_ids
     out = model.generate(**inputs, **prompt, max_new_tokens=max_new_tokens or max(limits), synced_gpus=synced_gpus,

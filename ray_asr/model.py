@@ -77,7 +77,7 @@ def apply_strategy(model, train: TrainConfig):
     from ray_asr.grow import Growth
 
     growth = Growth.of(model.name_or_path)
-    depth = depth_of(model, train)
+    depth = frozen_depth(train, model.config.encoder_layers, len(growth.added_encoder_layers))
     added = growth.added_layers(model.model)
     if train.strategy == "lora":
         from peft import LoraConfig, get_peft_model

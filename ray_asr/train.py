@@ -470,13 +470,14 @@ class Worker:
         if spec is None:
             return
         metric, history = spec.get("metric", "wer"), self.state.history
-        if metrics.best_index(history, metric) == len(history) - 1 and not final:
+        found = metrics.best_index(history, metric)
+        if found == len(history) - 1 and not final:
             state = export.trainable_state(self.engine)  # collective under ZeRO-3
             self.best = {"step": self.state.step, "state": state} if self.rank == 0 else {"step": self.state.step}
         stale = metrics.stale_evaluations(history, metric)
         if not final and stale >= spec.get("patience", 3):
             self.state.stopped_early = True
-            best = history[metrics.best_index(history, metric)] if metrics.best_index(history, metric) is not None else {}
+            best = history[found] if found is not None else {}
             self.report.say(f"[train] early stopping at step {self.state.step}: {metric} has not improved for {stale} "
                             f"evaluations; exporting step {best.get('step', self.state.step)}'s model "
                             f"({metric} {best.get(metric, float('nan')):.4g})")
