@@ -4,10 +4,14 @@
     <checkpoint>/ds/...              DeepSpeed: module (trainable parameters only), optimizer and
                                      scheduler state, one file set per rank (names carry the rank)
     <checkpoint>/model/              only in a finished run's final checkpoint: the export
+    <checkpoint>/manifest-rank<r>.json  each rank's files and their sizes, written after them
+    <checkpoint>/complete.json       rank 0, written last, once every rank's manifest is in
 
-Ray Train V2 uploads what each rank reports into the same checkpoint folder, so the ranks' shards
-meet there. Loading never unpickles arbitrary objects: DeepSpeed's reader is swapped for one that
-calls `torch.load(weights_only=True)` with an allow-list of the few DeepSpeed types it stores.
+Each rank copies its own files into the one checkpoint folder in storage (`persist`), then its manifest;
+once every rank has, rank 0 seals the folder (`seal`). Only then is it reported to Ray Train. A folder
+torn by a kill or a full disk lacks the seal or a file of a manifest (`problems`), and is never loaded.
+Loading never unpickles arbitrary objects: DeepSpeed's reader is swapped for one that calls
+`torch.load(weights_only=True)` with an allow-list of the few DeepSpeed types it stores.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import torch
 
 STATE_FILE = "state.json"
 DS_TAG = "ds"
+MANIFEST = "manifest-rank{rank}.json"
+SEAL = "complete.json"
 
 
 def _allowed_globals() -> list:
@@ -59,6 +65,79 @@ def save(engine, folder: Path, state: RunState | None) -> None:
     engine.save_checkpoint(str(folder), tag=DS_TAG, exclude_frozen_parameters=True)
     if state is not None:
         (folder / STATE_FILE).write_text(state.to_json())
+
+
+def _local_files(folder: Path) -> dict[str, int]:
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _write(fs, path: str, content: str | bytes) -> None:
+    with fs.open_output_stream(path) as stream:
+        stream.write(content.encode() if isinstance(content, str) else content)
+
+
+def persist(local: Path, fs, dest: str, rank: int, tear: bool = False) -> None:
+    """Copies this rank's checkpoint files from `local` into `dest` on the storage filesystem `fs`, then
+    its manifest (so a listed file is whole). `tear` (fault injection): stops after half of the largest
+    file, as a kill during the copy leaves it. Raises OSError where storage refuses (full, unwritable)."""
+    import pyarrow.fs
+
+    files = _local_files(local)
+    fs.create_dir(dest, recursive=True)
+    if tear:
+        name = max(files, key=files.get)
+        fs.create_dir(f"{dest}/{name}".rsplit("/", 1)[0], recursive=True)
+        _write(fs, f"{dest}/{name}", (local / name).read_bytes()[: files[name] // 2])
+        return
+    pyarrow.fs.copy_files(str(local), dest, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs)
+    _write(fs, f"{dest}/{MANIFEST.format(rank=rank)}", json.dumps(files))
+
+
+def seal(fs, dest: str, world: int, step: int) -> None:
+    """Marks `dest` complete (rank 0, after every rank's `persist` returned)."""
+    _write(fs, f"{dest}/{SEAL}", json.dumps({"world": world, "step": step}))
+
+
+def problems(fs, dest: str) -> list[str]:
+    """Why the checkpoint folder `dest` cannot be loaded (no seal, a rank's manifest or file missing or short);
+    empty when it is complete."""
+    import pyarrow.fs
+
+    found = {info.path[len(dest) + 1:]: info.size for info in
+             fs.get_file_info(pyarrow.fs.FileSelector(dest, recursive=True, allow_not_found=True))
+             if info.type == pyarrow.fs.FileType.File}
+    if SEAL not in found:
+        return [f"{SEAL} missing (written last: the save did not finish)"]
+    with fs.open_input_stream(f"{dest}/{SEAL}") as stream:
+        world = json.loads(stream.read())["world"]
+    issues = []
+    for rank in range(world):
+        manifest = MANIFEST.format(rank=rank)
+        if manifest not in found:
+            issues.append(f"{manifest} missing")
+            continue
+        with fs.open_input_stream(f"{dest}/{manifest}") as stream:
+            listed = json.loads(stream.read())
+        issues += [f"{name}: {found.get(name, 'no file')} of {size} bytes" for name, size in listed.items()
+                   if found.get(name) != size]
+    return issues
+
+
+def newest_complete(fs, root: str) -> str | None:
+    """The newest complete checkpoint folder (`step-*`, by name) under a run's folder `root`, or None."""
+    import pyarrow.fs
+
+    found = fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))
+    steps = sorted((i.path for i in found if i.base_name.startswith("step-") and i.type == pyarrow.fs.FileType.Directory),
+                   reverse=True)
+    return next((path for path in steps if not problems(fs, path)), None)
+
+
+def local_problems(folder: Path) -> list[str]:
+    """`problems` of a checkpoint folder on this machine."""
+    import pyarrow.fs
+
+    return problems(pyarrow.fs.LocalFileSystem(), Path(folder).resolve().as_posix())
 
 
 @dataclass

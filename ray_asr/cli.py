@@ -376,6 +376,8 @@ def explain(err: BaseException) -> tuple[str, int]:
     A worker's error reaches the driver wrapped (Ray Train's `TrainingFailedError` carries the worker's
     traceback as text), so the known causes are recognised in the text as well as by type."""
     text = str(err)
+    if type(err).__name__ == "RunStopped":  # the workers' own one line (`ray_asr.finetune.RunStopped`)
+        return text, EXIT_FAILED
     if isinstance(err, OSError) and err.errno == errno.ENOSPC or "No space left on device" in text:
         where = getattr(err, "filename", None) or "the checkpoint or output folder"
         return (f"no space left on device writing {where}: free space, or point output_dir / train.storage_path "

@@ -280,6 +280,18 @@ class TrainConfig:
     """Run name under `storage_path`: rerunning with the same name resumes from its last checkpoint."""
     fail_at_step: int = 0
     """Fault injection for tests: the last rank dies once at this step; 0 = off."""
+    fail_nan_at_step: int = 0
+    """Fault injection for tests: the first batch of this step gives a NaN loss (once per worker); 0 = off."""
+    fail_during_save: int = 0
+    """Fault injection for tests: the last rank copies half of its checkpoint at this step into storage and dies
+    there (once), leaving a torn checkpoint folder; 0 = off."""
+    nan_policy: str = "skip"
+    """A batch whose loss is not finite (NaN/inf), or whose gradients are not (DeepSpeed's overflow check, bf16
+    and fp16): `skip` drops its update with a warning naming the step and the rows, up to `max_nan_steps`
+    times, then stops; `stop` ends the run at the first, with that line."""
+    max_nan_steps: int = 10
+    """Updates `nan_policy: skip` may drop in a run before it stops (a steady stream of them is a diverged
+    run or broken data, not a bad batch)."""
     spec_augment: dict | None = None
     """SpecAugment on the training split's log-mel features, on the worker: `{time_masks: 2, time_width: 40,
     freq_masks: 2, freq_width: 15, p: 1.0}` (any key may be left out; `p`: share of clips masked). Never applied
@@ -342,6 +354,10 @@ class TrainConfig:
         need(bool(self.run_name) and "/" not in self.run_name, "train.run_name", "must be a non-empty name without /",
              self.run_name)
         need(self.fail_at_step >= 0, "train.fail_at_step", "must be >= 0", self.fail_at_step)
+        need(self.fail_nan_at_step >= 0, "train.fail_nan_at_step", "must be >= 0", self.fail_nan_at_step)
+        need(self.fail_during_save >= 0, "train.fail_during_save", "must be >= 0", self.fail_during_save)
+        one_of(self.nan_policy, "train.nan_policy", ("skip", "stop"))
+        need(self.max_nan_steps >= 0, "train.max_nan_steps", "must be >= 0", self.max_nan_steps)
         _check_spec_augment(self.spec_augment)
         _check_prompt_vocabulary(self.prompt_vocabulary)
         need(self.log_every_steps >= 0, "train.log_every_steps", "must be >= 0", self.log_every_steps)

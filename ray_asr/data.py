@@ -30,6 +30,7 @@ from ray_asr import audio, labels, sources
 from ray_asr.audio import Rejected
 from ray_asr.config import Config
 from ray_asr.prepare import examples, quarantine_record
+from ray_asr.rowcounts import RowCounts
 
 PREPARED_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -159,7 +160,8 @@ def _interleave(first: list, second: list) -> list:
 class QuarantineSink:
     """Collects rejected rows of a run: writes each once to quarantine.jsonl and keeps per-split counts.
 
-    One sink serves every split of a run; rows seen again (a second epoch) are not counted twice.
+    One sink serves every split of a run; rows seen again (a second epoch) are not counted twice. What it
+    holds per row is a hashed id and a count (`ray_asr.rowcounts`, ~10 bytes), not the row.
     """
 
     def __init__(self, path: str | None):
@@ -173,7 +175,7 @@ class QuarantineSink:
     def register(self, split: str, total_rows: int, max_rejected_fraction: float | None) -> None:
         limit = None if max_rejected_fraction is None else max_rejected_fraction * total_rows
         self.splits[split] = {"rows": total_rows, "limit": limit, "fraction": max_rejected_fraction,
-                              "accepted": {}, "rejected": {}}
+                              "seen": RowCounts(), "accepted": 0, "rejected": 0, "seconds": 0.0, "reasons": {}}
 
     def registered_rows(self, split: str) -> int | None:
         """The row count `register` was given for a split (None where the source cannot tell)."""
@@ -182,17 +184,21 @@ class QuarantineSink:
     def record(self, split: str, accepted: list[tuple[str, float]], rejected: list[dict]) -> str | None:
         """Adds a batch's outcome; returns an error message once the rejected share is too high."""
         state = self.splits[split]
-        state["accepted"].update(accepted)
-        for record in rejected:
-            if record["id"] not in state["rejected"]:
-                state["rejected"][record["id"]] = record["reason"]
+        for (_, seconds), before in zip(accepted, state["seen"].bump([i for i, _ in accepted])):
+            if not before:
+                state["accepted"] += 1
+                state["seconds"] += seconds
+        for record, before in zip(rejected, state["seen"].bump([r["id"] for r in rejected])):
+            if not before:
+                state["rejected"] += 1
+                state["reasons"][record["reason"]] = state["reasons"].get(record["reason"], 0) + 1
                 if self.file:
                     self.file.write(json.dumps({"split": split, **record}, ensure_ascii=False) + "\n")
         if self.file:
             self.file.flush()
-        if state["limit"] is not None and len(state["rejected"]) > state["limit"]:
+        if state["limit"] is not None and state["rejected"] > state["limit"]:
             where = f"; see {self.path}" if self.path else ""
-            return (f"data.{split}: {len(state['rejected'])} of {state['rows']} rows rejected, over "
+            return (f"data.{split}: {state['rejected']} of {state['rows']} rows rejected, over "
                     f"data.max_rejected_fraction={state['fraction']:g}{where}")
         return None
 
@@ -203,12 +209,9 @@ class QuarantineSink:
     def summary(self, split: str) -> dict:
         """`{"rows", "accepted", "rejected", "reasons", "hours"}` of one split so far."""
         state = self.splits[split]
-        reasons: dict[str, int] = {}
-        for reason in state["rejected"].values():
-            reasons[reason] = reasons.get(reason, 0) + 1
-        accepted, rejected = len(state["accepted"]), len(state["rejected"])
-        return {"rows": accepted + rejected, "accepted": accepted, "rejected": rejected,
-                "reasons": dict(sorted(reasons.items())), "hours": sum(state["accepted"].values()) / 3600}
+        return {"rows": state["accepted"] + state["rejected"], "accepted": state["accepted"],
+                "rejected": state["rejected"], "reasons": dict(sorted(state["reasons"].items())),
+                "hours": state["seconds"] / 3600}
 
     def close(self) -> None:
         if self.file:
@@ -344,12 +347,10 @@ class PassCounter:
     """
 
     def __init__(self):
-        self.seen: dict[str, int] = {}
+        self.seen = RowCounts()
 
     def next_pass(self, ids: list[str]) -> list[int]:
-        passes = [self.seen.get(i, 0) for i in ids]
-        self.seen.update((i, n + 1) for i, n in zip(ids, passes))
-        return passes
+        return self.seen.bump(ids)
 
 
 # The `epoch` of the generator that picks a row's label form: one no run reaches, so the choice never shares a

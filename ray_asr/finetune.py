@@ -35,14 +35,16 @@ def storage_path(cfg: Config) -> str:
     return path if "://" in path else str(Path(path).resolve())
 
 
-def _plan(cfg: Config, datasets: dict, rows: dict, base_row: dict | None = None, score_to=None, channel=None) -> dict:
+def _plan(cfg: Config, datasets: dict, rows: dict, base_row: dict | None = None, score_to=None, channel=None,
+          stop_to=None) -> dict:
     """What every worker needs to know beyond the config: steps, splits, where to send results and progress.
     `rows`: the rows planned per split (the bars' totals; rejected rows make a bar end short of them)."""
     per_step = cfg.train.batch_size_per_worker * cfg.scaling.num_workers * cfg.train.deepspeed.gradient_accumulation_steps
     return {"steps_per_epoch": max(1, math.ceil(rows.get("train", 0) / per_step)),
             "eval_splits": [s for s in EVAL_SPLITS if s in datasets], "split_rows": rows,
             "fault_marker": str(Path(cfg.output_dir).resolve() / ".fault-injected") if cfg.train.fail_at_step else None,
-            "base_row": base_row, "score_to": score_to, "progress": channel,
+            "tear_marker": str(Path(cfg.output_dir).resolve() / ".fault-torn") if cfg.train.fail_during_save else None,
+            "base_row": base_row, "score_to": score_to, "progress": channel, "stop_to": stop_to,
             "regression_suite": _regression_suite(cfg)}
 
 
@@ -67,12 +69,13 @@ def worker_resources(cfg: Config) -> dict:
 
 
 def trainer(cfg: Config, sink, callbacks: list | None = None, base_row: dict | None = None,
-            score_to=None, channel=None) -> TorchTrainer:
+            score_to=None, channel=None, stop_to=None) -> TorchTrainer:
     """The run's `TorchTrainer`: datasets, workers, checkpoint policy, failure policy.
 
     `base_row`: the starting model's evaluation, measured once elsewhere (a search), heads the history
     instead of being measured again; `score_to`: a `Mailbox` actor: the workers evaluate the starting model,
-    rank 0 puts the evaluation row there, and they stop; `channel`: a `progress.Channel` the driver draws."""
+    rank 0 puts the evaluation row there, and they stop; `channel`: a `progress.Channel` the driver draws;
+    `stop_to`: a `Mailbox` where rank 0 puts the one line of a run the workers end on purpose (`RunStopped`)."""
     datasets = {} if score_to else {"train": data.build_dataset(cfg, "train", sink)}
     for split in EVAL_SPLITS:
         if getattr(cfg.data, split):
@@ -81,7 +84,7 @@ def trainer(cfg: Config, sink, callbacks: list | None = None, base_row: dict | N
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": _config_dict(cfg),
-                           "plan": _plan(cfg, datasets, rows, base_row, score_to, channel)},
+                           "plan": _plan(cfg, datasets, rows, base_row, score_to, channel, stop_to)},
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=cfg.scaling.use_gpu,
                                                resources_per_worker=worker_resources(cfg)),
         run_config=ray.train.RunConfig(
@@ -129,23 +132,23 @@ def absolute_paths(values: dict) -> dict:
 
 
 def finished_checkpoint(cfg: Config):
-    """The final checkpoint of a finished run with this storage and name (as many epochs), or None."""
+    """The final checkpoint of a finished run with this storage and name (as many epochs), or None. Only
+    complete (sealed) checkpoints count: a final one torn by a kill is never collected."""
     import pyarrow.fs
 
     base = storage_path(cfg)
     fs, root = pyarrow.fs.FileSystem.from_uri(base if "://" in base else Path(base).as_uri())
-    found = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{cfg.train.run_name}", allow_not_found=True))
-    steps = sorted(info.path for info in found if info.base_name.startswith("step-"))
-    if not steps:
+    newest = checkpoint.newest_complete(fs, f"{root}/{cfg.train.run_name}")
+    if newest is None:
         return None
-    try:
-        with fs.open_input_stream(f"{steps[-1]}/{checkpoint.STATE_FILE}") as stream:
-            state = checkpoint.RunState.from_json(stream.read())
-    except FileNotFoundError:
-        return None
-    if not state.finished(cfg.train.epochs):
-        return None
-    return ray.train.Checkpoint(steps[-1], filesystem=fs)
+    with fs.open_input_stream(f"{newest}/{checkpoint.STATE_FILE}") as stream:
+        state = checkpoint.RunState.from_json(stream.read())
+    return ray.train.Checkpoint(newest, filesystem=fs) if state.finished(cfg.train.epochs) else None
+
+
+class RunStopped(RuntimeError):
+    """The workers ended the run on purpose (`train.nan_policy`, a checkpoint that could not be written):
+    the message is the one line the user sees."""
 
 
 def collect(cfg: Config, final_checkpoint, steps_run: int | None) -> dict:
@@ -309,13 +312,17 @@ def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_
         print(layout.describe(cfg))
         # One overall bar per dataset; per-operator bars flood logs that are not a terminal (jobs, CI).
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
-        sink = data.open_sink(cfg.quarantine_path)
+        sink, stops = data.open_sink(cfg.quarantine_path), Mailbox.remote()
         try:
             with progress.shown(show_progress) as channel:
-                result = _fit(trainer(cfg, sink, callbacks, base_row, channel=channel))
+                result = _fit(trainer(cfg, sink, callbacks, base_row, channel=channel, stop_to=stops))
             _print_rejections(cfg, sink)
+            stopped = ray.get(stops.get.remote())
         finally:
             ray.get(sink.close.remote())
+            ray.kill(stops)
+        if stopped:
+            raise RunStopped(stopped)
         summary = collect(cfg, result.checkpoint, steps_run=result.metrics.get("steps_run"))
     print(f"\n{summary_table(summary)}\n\nmodel: {Path(cfg.output_dir) / 'model'}")
     return summary

@@ -56,6 +56,11 @@ EXPORTED_FILE = "exported.json"  # in the final checkpoint: the step whose model
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+class RunStop(Exception):
+    """Ends the run on every rank at once, without a retry (the driver prints the message as its one line):
+    raised where every rank has agreed on it, so all of them report it together."""
+
+
 def any_rank(flag: bool, group=None) -> bool:
     """Whether `flag` holds on some rank (a CPU all-reduce over `group`: no device sync)."""
     value = torch.tensor([int(flag)])
@@ -118,6 +123,8 @@ class Worker:
         self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
         self.eval_cache = EvalCache(self.cfg.data.eval_cache_mb)
         self.exported_step = 0
+        self.skipped_batches = 0  # updates skipped for a non-finite loss or gradients (`train.nan_policy`)
+        self.nan_injected = False
         self.best: dict | None = None  # rank 0: the trained values at the best evaluation (`train.early_stopping`)
         self.watchdog = Watchdog(self._stall_message, warn=lambda text: self.report.say(text, warning=True)) \
             if self.rank == 0 else None
@@ -248,6 +255,9 @@ class Worker:
         found = ray.train.get_checkpoint()
         if found is None:
             return
+        found = self._complete(found)
+        if found is None:
+            return
         with found.as_directory() as folder:
             self.state = checkpoint.read_state(Path(folder))
             self.state.done = self.state.finished(self.cfg.train.epochs)
@@ -255,6 +265,18 @@ class Worker:
                 checkpoint.load(self.engine, Path(folder))
         where = "finished" if self.state.done else f"epoch {self.state.epoch}, batch {self.state.batches_done}"
         self.report.say(f"[train] resumed from checkpoint at step {self.state.step} ({where})")
+
+    def _complete(self, found: ray.train.Checkpoint) -> ray.train.Checkpoint | None:
+        """`found`, or the newest complete checkpoint beside it when `found` is torn (a storage fault after Ray
+        recorded it); None when there is none: the run starts over, and says so."""
+        issues = checkpoint.problems(found.filesystem, found.path)
+        if not issues:
+            return found
+        root = found.path.rstrip("/").rsplit("/", 1)[0]
+        newest = checkpoint.newest_complete(found.filesystem, root)
+        where = f"resuming from {newest.rsplit('/', 1)[-1]}" if newest else "no complete one is left: starting over"
+        self.report.say(f"[train] checkpoint {found.path} is incomplete ({issues[0]}); {where}", warning=True)
+        return ray.train.Checkpoint(newest, filesystem=found.filesystem) if newest else None
 
     def run(self) -> None:
         if self.plan.get("score_to"):  # a search's one scoring of the starting model
@@ -336,10 +358,19 @@ class Worker:
         prompted = {"decoder_input_ids": batch["decoder_input_ids"]} if "decoder_input_ids" in batch else {}
         out = self.engine(**self._encoder_inputs(batch, "train", real), **prompted, labels=batch["labels"],
                           use_cache=False)
-        self.engine.backward(out.loss if real else out.loss * 0.0)
+        loss = out.loss if real else out.loss * 0.0
+        if real and self._injects_nan():
+            loss = loss * float("nan")
+        ids = batch["id"] if real else []
+        # The one host read per micro-batch: a non-finite loss must be caught before its update is applied.
+        if self._skips(not bool(torch.isfinite(loss)), ids, "loss"):
+            self.step_seconds += time.perf_counter() - started
+            return False
+        skipped = self.engine.skipped_steps
+        self.engine.backward(loss)
         self.engine.step()
         if real:
-            self.loss_sum += out.loss.detach()
+            self.loss_sum += loss.detach()
             self.loss_count += 1
             self.clips += len(batch["id"])
         self.step_seconds += time.perf_counter() - started
@@ -347,7 +378,41 @@ class Worker:
         if stepped:
             self.state.step = self.engine.global_steps
             self.steps_run += 1
+            # DeepSpeed drops a step whose gradients overflow (fp16's loss scaler does so by design, not counted).
+            if self.precision != "fp16" and self.engine.skipped_steps != skipped:
+                self._skips(True, ids, "gradients", step=self.state.step)
         return stepped
+
+    def _injects_nan(self) -> bool:
+        """Fault injection (`train.fail_nan_at_step`): the first batch of that step gives a NaN loss, once."""
+        step = self.cfg.train.fail_nan_at_step
+        if not step or self.nan_injected or self.state.step + 1 != step:
+            return False
+        self.nan_injected = True
+        return True
+
+    def _skips(self, bad: bool, ids, what: str, step: int | None = None) -> bool:
+        """`train.nan_policy` for a batch whose loss (or gradients) is non-finite on some rank: whether its update
+        is skipped; raises `RunStop` with the step and the rows when the policy or `train.max_nan_steps` says
+        stop. Every rank takes the same branch (the flag and the row ids are gathered)."""
+        if not any_rank(bad, self.control):
+            return False
+        parts = [None] * self.world
+        dist.all_gather_object(parts, [str(i) for i in ids] if bad else [], group=self.control)
+        rows = [i for part in parts for i in part]
+        shown = ", ".join(rows[:8]) + (f" and {len(rows) - 8} more" if len(rows) > 8 else "")
+        found = f"non-finite {what} at step {step or self.state.step + 1} (rows: {shown or 'none'})"
+        self.skipped_batches += 1
+        policy, limit = self.cfg.train.nan_policy, self.cfg.train.max_nan_steps
+        if policy == "stop":
+            raise RunStop(f"{found}; train.nan_policy is stop: check those rows (`ray-asr validate`), lower "
+                          f"train.learning_rate, or set train.nan_policy=skip")
+        if self.skipped_batches > limit:
+            raise RunStop(f"{found}: {self.skipped_batches} updates skipped, more than train.max_nan_steps={limit}; "
+                          f"lower train.learning_rate or check the data (`ray-asr validate`)")
+        self.report.say(f"[train] {found}: update skipped ({self.skipped_batches} of train.max_nan_steps={limit})",
+                        warning=True)
+        return True
 
     def _maybe_fail(self) -> None:
         """Fault injection (`train.fail_at_step`): the last rank dies once, at that step."""
@@ -359,11 +424,7 @@ class Worker:
             # The last rank is silent on the console; this one line it says.
             self.report.say(f"[train] fault injection: rank {self.rank} exits at step {step}", warning=True,
                             every_rank=True)
-            # Ray Train's controller collects reports when it polls (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
-            # 2 s by default); a checkpoint is registered once every rank's report is in. Waiting past a poll
-            # makes the injected death land after the last checkpoint is recorded, so recovery is repeatable.
-            time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
-            os._exit(1)
+            _exit_after_poll()
 
     def _evaluate(self, split: str) -> dict:
         """Sharded generation on one split, gathered on every rank."""
@@ -511,20 +572,84 @@ class Worker:
             self._track_best(final)
         trainable = self._exported_state() if final else None
         self.state.done = final
+        name = f"step-{self.state.step:07d}{'-final' if final else ''}"
         with tempfile.TemporaryDirectory(prefix="ray-asr-ckpt-") as tmp:
             folder = Path(tmp)
-            checkpoint.save(self.engine, folder, self.state if self.rank == 0 else None)
-            if final and self.rank == 0:
-                export.write(self.cfg, trainable, folder / "model", adapter_out=folder / "adapter")
-                (folder / "history.json").write_text(json.dumps(self.state.history, indent=1))
-                (folder / EXPORTED_FILE).write_text(json.dumps({"step": self.exported_step}))
-                with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
-                    for split, rows in self.predictions.items():
-                        f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
-            # Not "done": Ray Tune reads a `done` metric as "stop this trial now".
-            ray.train.report({**row, "steps_run": self.steps_run, "finished": final},
-                             checkpoint=ray.train.Checkpoint.from_directory(str(folder)),
-                             checkpoint_dir_name=f"step-{self.state.step:07d}{'-final' if final else ''}")
+            failed = self._attempt(lambda: self._write_checkpoint(folder, final, trainable), "writing it locally")
+            saved = self._persist(folder, name) if not failed else None
+        # Not "done": Ray Tune reads a `done` metric as "stop this trial now". Every rank persisted its part
+        # and rank 0 sealed the folder: Ray Train only records it.
+        ray.train.report({**row, "steps_run": self.steps_run, "finished": final}, checkpoint=saved,
+                         checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD)
+
+    def _write_checkpoint(self, folder: Path, final: bool, trainable: dict | None) -> None:
+        checkpoint.save(self.engine, folder, self.state if self.rank == 0 else None)
+        if final and self.rank == 0:
+            export.write(self.cfg, trainable, folder / "model", adapter_out=folder / "adapter")
+            (folder / "history.json").write_text(json.dumps(self.state.history, indent=1))
+            (folder / EXPORTED_FILE).write_text(json.dumps({"step": self.exported_step}))
+            with open(folder / "predictions.jsonl", "w", encoding="utf-8") as f:
+                for split, rows in self.predictions.items():
+                    f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
+
+    def _attempt(self, action, doing: str) -> bool:
+        """Runs `action` on this rank and agrees with the others whether it failed anywhere; a storage error
+        (full disk, unwritable path) on any rank becomes one `RunStop` on every rank."""
+        error = None
+        try:
+            action()
+        except OSError as err:
+            error = f"{type(err).__name__}: {err}"
+        if not any_rank(error is not None, self.control):
+            return False
+        errors = [None] * self.world
+        dist.all_gather_object(errors, error, group=self.control)
+        first = next(e for e in errors if e)
+        raise RunStop(f"the checkpoint at step {self.state.step} could not be written ({doing}: {first}); the previous "
+                      f"checkpoint is kept: free space or fix train.storage_path / output_dir, then rerun the same "
+                      f"command to resume")
+
+    def _persist(self, folder: Path, name: str) -> ray.train.Checkpoint:
+        """Copies every rank's files into the checkpoint folder in storage and seals it (`ray_asr.checkpoint`)."""
+        storage = ray.train.get_context().get_storage()
+        fs, dest = storage.storage_filesystem, f"{storage.experiment_fs_path}/{name}"
+
+        def clear() -> None:  # what an earlier attempt at this step left, torn (a restart repeats the step)
+            import pyarrow.fs
+
+            if self.rank == 0 and fs.get_file_info(dest).type == pyarrow.fs.FileType.Directory:
+                fs.delete_dir(dest)
+
+        self._attempt(clear, "clearing an earlier attempt")
+        tear = self._tears()
+
+        def copy() -> None:
+            checkpoint.persist(folder, fs, dest, self.rank, tear=tear)
+            if tear:
+                _exit_after_poll()
+
+        self._attempt(copy, "copying to storage")
+        self._attempt(lambda: self.rank == 0 and checkpoint.seal(fs, dest, self.world, self.state.step), "sealing it")
+        return ray.train.Checkpoint(dest, filesystem=fs)
+
+    def _tears(self) -> bool:
+        """Fault injection (`train.fail_during_save`): the last rank copies half of its checkpoint at that step,
+        once, and dies there, as a kill during the copy does."""
+        step, marker = self.cfg.train.fail_during_save, self.plan.get("tear_marker")
+        if not step or self.state.step != step or self.rank != self.world - 1 or marker is None or Path(marker).exists():
+            return False
+        Path(marker).write_text(f"rank {self.rank} tore the checkpoint of step {step}\n")
+        self.report.say(f"[train] fault injection: rank {self.rank} tears the checkpoint at step {step} and exits",
+                        warning=True, every_rank=True)
+        return True
+
+
+def _exit_after_poll() -> None:
+    """An injected death. Ray Train's controller collects reports when it polls (every
+    RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default); a checkpoint is registered once every rank's report is
+    in. Waiting past a poll makes the death land after the last checkpoint is recorded, so recovery is repeatable."""
+    time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
+    os._exit(1)
 
 
 def _eval_line(row: dict) -> str:
@@ -552,5 +677,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     worker = Worker(loop_config)
     try:
         worker.run()
+    except RunStop as stop:  # every rank is here together: the run ends without a retry, the driver says why
+        if worker.rank == 0 and loop_config["plan"].get("stop_to") is not None:
+            ray.get(loop_config["plan"]["stop_to"].put.remote(str(stop)))
     finally:
         worker.close()

@@ -137,18 +137,59 @@ def test_two_workers_of_one_cpu_each_on_two_cpus_stop_within_a_minute_with_one_l
     assert "need 2.9 CPUs, this machine has 2" in errors[0] and "would fit: scaling.num_workers=1" in errors[0]
 
 
-def test_zero2_replaces_a_dead_worker_and_resumes_from_the_last_checkpoint(tmp_path):
+def test_zero2_survives_a_nan_batch_a_torn_checkpoint_and_a_dead_worker(tmp_path):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    # One epoch (8 steps) keeps it short: checkpoint at 4, death at 6, the replacement resumes from 4.
-    run = _cli(out, "train.fail_at_step=6", "train.epochs=1", log=log)  # a worker dies once, at step 6
-    assert run.wait(timeout=400) == 0, log.read_text()[-4000:]
+    # One epoch (8 batches, checkpoints every 2 steps): step 3's first batch gives a NaN loss (skipped: the
+    # epoch ends at step 7); rank 1 tears step 4's checkpoint and dies: the group restarts from step 2 and
+    # writes step 4 again, whole; rank 1 dies again at step 6, after that checkpoint: the group resumes there.
+    run = _cli(out, "train.eval_every_steps=2", "train.fail_nan_at_step=3", "train.fail_during_save=4",
+               "train.fail_at_step=6", "train.epochs=1", log=log)
+    assert run.wait(timeout=500) == 0, log.read_text()[-4000:]
     text = log.read_text()
+    assert re.search(r"non-finite loss at step 3 \(rows: \S+", text), text[-3000:]
+    assert "update skipped (1 of train.max_nan_steps=10)" in text
+    assert "fault injection: rank 1 tears the checkpoint at step 4 and exits" in text
+    assert "resumed from checkpoint at step 2 " in text  # not the torn step 4
     assert "fault injection: rank 1 exits at step 6" in text  # the last rank: the smoke config runs 2 workers
-    assert "resumed from checkpoint at step 4 " in text  # the replacement workers restart from step 4
+    assert "resumed from checkpoint at step 6 " in text
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["step"] == 8 and 0 < summary["steps_run"] < 8
+    assert summary["step"] == 7 and 0 < summary["steps_run"] < 7
     losses = _losses(out)
-    assert len(losses) == 2 and losses[-1] < losses[0], losses
+    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    from ray_asr import checkpoint
+
+    kept = sorted((out / "checkpoints" / "finetune").glob("step-*"))
+    assert kept and all(checkpoint.local_problems(folder) == [] for folder in kept), kept
+
+
+def _stops(run: subprocess.Popen, log: Path, expected: str) -> str:
+    assert run.wait(timeout=300) == 3, log.read_text()[-3000:]
+    text = log.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("ray-asr finetune:")]
+    assert len(lines) == 1 and "Traceback" not in text.split(lines[0])[-1], text[-3000:]
+    assert re.search(expected, lines[0]), lines[0]
+    return lines[0]
+
+
+def test_nan_policy_stop_ends_the_run_at_once_naming_the_step_and_rows(tmp_path):
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    run = _cli(out, "train.nan_policy=stop", "train.fail_nan_at_step=2", "train.max_failures=0", log=log)
+    line = _stops(run, log, r"non-finite loss at step 2 \(rows: \S+.*train.nan_policy is stop")
+    assert "resumed" not in log.read_text() and not (out / "model").exists(), line  # no retry, nothing exported
+
+
+def test_an_unwritable_checkpoint_stops_with_one_line_and_keeps_the_previous(tmp_path):
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    blocked = out / "checkpoints" / "finetune" / "step-0000004"
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("a file where step 4's folder must go: storage refuses it, as a full disk does")
+    run = _cli(out, "train.eval_every_steps=2", log=log)
+    _stops(run, log, r"the checkpoint at step 4 could not be written \(copying to storage: .+\); the previous "
+                     r"checkpoint is kept")
+    from ray_asr import checkpoint
+
+    assert checkpoint.local_problems(blocked.parent / "step-0000002") == [] and blocked.is_file()
+    assert sorted(p.name for p in blocked.parent.glob("step-*")) == ["step-0000002", "step-0000004"]
 
 
 # Three minutes on 2 cores (two runs); a driver's restart and a worker's replacement restore the same
