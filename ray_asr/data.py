@@ -291,14 +291,19 @@ def _actor_pool(max_actors: int, num_cpus: float):
     return ray.data.ActorPoolStrategy(min_size=1, max_size=size)
 
 
+# Past this many blocks a block holds several preparation batches: each block is a task's output, an object
+# and a scheduling decision, so a million rows in 8-row blocks (125,000) would cost more than the rows.
+MAX_BLOCKS = 2048
+
+
 def num_blocks(rows: int | None, shards: int, rows_per_block: int) -> int:
-    """Blocks to cut a source into: one preparation batch each.
+    """Blocks to cut a source into: one preparation batch each, up to `MAX_BLOCKS`.
 
     Blocks are what Ray Train's split hands out, so a shard left whole would go to one worker; and each
     block is an object to store, schedule and batch on its own, so Ray Data's default (enough blocks
     to reach 200, a few rows each on a small manifest) costs more than it spreads.
     """
-    return max(1, shards, math.ceil((rows or 0) / rows_per_block))
+    return max(1, shards, min(MAX_BLOCKS, math.ceil((rows or 0) / rows_per_block)))
 
 
 def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, model_dir: str | None = None):

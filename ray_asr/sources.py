@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from ray_asr.formats import audiofolder, hf_stream, kaldi, lhotse
-from ray_asr.formats.lines import first_record, json_object, line_shards, text_lines, text_shards
+from ray_asr.formats.lines import coarsen, first_record, json_object, line_shards, text_lines, text_shards
 from ray_asr.formats.rows import AUDIO_KEYS, RAW_SCHEMA, TEXT_KEYS, Shard, SourceError, from_record, raw_row, table_raw  # noqa: F401 (AUDIO_KEYS, TEXT_KEYS: callers read them here too)
 
 LINES_PER_SHARD = 128  # manifest lines per read task: small blocks keep the stream flowing
@@ -33,6 +33,9 @@ ROWS_PER_SHARD = 256  # table rows per read task (rows may embed audio bytes)
 # gzip file from its start up to their range: capping their number keeps the total work at a few dozen
 # passes over the file, whatever its size (each shard then holds more lines: rows/JOIN_MAX_SHARDS).
 JOIN_MAX_SHARDS = 64
+# Read tasks of any source: past this, shards grow instead (a million-line manifest: ~1,000 lines a task),
+# so the driver's plan, and Ray Data's task and block bookkeeping, stay the same size whatever the rows.
+MAX_SHARDS = 1024
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".ndjson.gz")
 FORMATS = ("a .jsonl manifest (also NeMo's, or .jsonl.gz), a Common Voice .tsv, a .parquet file, an HF dataset "
            "folder (save_to_disk, or audiofolder with metadata.csv/.jsonl), a Kaldi/ESPnet data dir (wav.scp + "
@@ -56,13 +59,14 @@ def plan(source: str | Path) -> tuple[list[Shard], int]:
     if path.name == "metadata.csv":
         return audiofolder.shards(path.parent, LINES_PER_SHARD)
     if path.name.lower().endswith(JSONL_SUFFIXES):
-        return _jsonl_shards(path)
+        shards, rows = _jsonl_shards(path)
+        return coarsen(shards, MAX_SHARDS), rows
     suffix = path.suffix.lower()
     if suffix == ".tsv":
         shards, rows, header = text_shards(path, "tsv", LINES_PER_SHARD)
         if "path" not in header or "sentence" not in header:
             raise SourceError(f"{path}: a Common Voice table needs 'path' and 'sentence' columns, has {', '.join(header)}")
-        return shards, rows
+        return coarsen(shards, MAX_SHARDS), rows
     if suffix == ".parquet":
         return _table_shards(path, "parquet")
     raise SourceError(f"{path}: unknown format (use {FORMATS})")
@@ -105,7 +109,7 @@ def _jsonl_shards(path: Path) -> tuple[list[Shard], int]:
 def _table_shards(path: Path, kind: str) -> tuple[list[Shard], int]:
     rows = _open_table(kind, str(path)).num_rows
     shards = [Shard(kind, str(path), lo, min(lo + ROWS_PER_SHARD, rows), 0) for lo in range(0, rows, ROWS_PER_SHARD)]
-    return shards, rows
+    return coarsen(shards, MAX_SHARDS), rows
 
 
 def _open_table(kind: str, path: str):

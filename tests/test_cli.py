@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ray_asr.cli import main
+from ray_asr.finetune import RunStopped
 
 
 @pytest.mark.parametrize(("argv", "says"), [
@@ -115,6 +116,8 @@ def _fails_with(monkeypatch, error: BaseException) -> None:
     (RuntimeError("Training failed\nOSError: [Errno 28] No space left on device"), 3, "no space left on device"),
     (ModuleNotFoundError("No module named 'noisereduce'", name="noisereduce"), 2, "pip install noisereduce"),
     (RuntimeError("worker died\nTraceback ..."), 3, "failed: RuntimeError: worker died (--debug shows the traceback)"),
+    (RunStopped("non-finite loss at step 2 (rows: a:1); train.nan_policy is stop: ..."), 3,
+     "demo-corpus: non-finite loss at step 2 (rows: a:1); train.nan_policy is stop"),
 ])
 def test_failures_are_one_line_with_their_exit_code(tmp_path, monkeypatch, capsys, error, code, says):
     _fails_with(monkeypatch, error)

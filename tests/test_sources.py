@@ -34,6 +34,18 @@ def test_jsonl_shards_cover_every_line_once(tmp_path, monkeypatch, n, trailing):
     assert all(r["audio_path"] == str(tmp_path / "clips" / f"{i}.wav") for i, r in enumerate(rows))
 
 
+def test_a_large_manifest_is_read_by_a_bounded_number_of_tasks_and_blocks(tmp_path, monkeypatch):
+    from ray_asr import data
+
+    monkeypatch.setattr(sources, "LINES_PER_SHARD", 4)
+    monkeypatch.setattr(sources, "MAX_SHARDS", 8)
+    manifest = _manifest(tmp_path / "m.jsonl", 1000)
+    shards, total = sources.plan(manifest)
+    assert total == 1000 and len(shards) == 8  # 250 shards of 4 lines merged into 8 of 128 (the last shorter)
+    assert [r["id"] for r in sources.read_all(manifest)] == [f"m.jsonl:{i + 1}" for i in range(1000)]
+    assert data.num_blocks(1_000_000, 8, 8) == data.MAX_BLOCKS and data.num_blocks(400, 4, 8) == 50
+
+
 def test_blank_lines_are_not_rows_and_line_numbers_stay_true(tmp_path):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"audio": "a.wav", "text": "one"}\n\n   \n{"audio": "b.wav", "text": "two"}\n\n')

@@ -162,30 +162,23 @@ def test_zero2_survives_a_nan_batch_a_torn_checkpoint_and_a_dead_worker(tmp_path
     assert kept and all(checkpoint.local_problems(folder) == [] for folder in kept), kept
 
 
-def _stops(run: subprocess.Popen, log: Path, expected: str) -> str:
-    assert run.wait(timeout=300) == 3, log.read_text()[-3000:]
-    text = log.read_text()
-    lines = [line for line in text.splitlines() if line.startswith("ray-asr finetune:")]
-    assert len(lines) == 1 and "Traceback" not in text.split(lines[0])[-1], text[-3000:]
-    assert re.search(expected, lines[0]), lines[0]
-    return lines[0]
-
-
 def test_nan_policy_stop_ends_the_run_at_once_naming_the_step_and_rows(tmp_path):
-    out, log = tmp_path / "run", tmp_path / "run.log"
-    run = _cli(out, "train.nan_policy=stop", "train.fail_nan_at_step=2", "train.max_failures=0", log=log)
-    line = _stops(run, log, r"non-finite loss at step 2 \(rows: \S+.*train.nan_policy is stop")
-    assert "resumed" not in log.read_text() and not (out / "model").exists(), line  # no retry, nothing exported
+    cfg = _smoke(tmp_path, "train.nan_policy=stop", "train.fail_nan_at_step=2", "train.max_failures=0",
+                 "data.general_eval=null")
+    with pytest.raises(finetune.RunStopped, match=r"^non-finite loss at step 2 \(rows: train\.jsonl:\d+[^)]*\); "
+                                                  r"train.nan_policy is stop"):
+        finetune.run(cfg)
+    assert not (Path(cfg.output_dir) / "model").exists()  # nothing exported (and no retry: max_failures 0 is moot)
 
 
 def test_an_unwritable_checkpoint_stops_with_one_line_and_keeps_the_previous(tmp_path):
-    out, log = tmp_path / "run", tmp_path / "run.log"
-    blocked = out / "checkpoints" / "finetune" / "step-0000004"
+    cfg = _smoke(tmp_path, "train.eval_every_steps=2", "data.general_eval=null")
+    blocked = Path(finetune.storage_path(cfg)) / cfg.train.run_name / "step-0000004"
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where step 4's folder must go: storage refuses it, as a full disk does")
-    run = _cli(out, "train.eval_every_steps=2", log=log)
-    _stops(run, log, r"the checkpoint at step 4 could not be written \(copying to storage: .+\); the previous "
-                     r"checkpoint is kept")
+    with pytest.raises(finetune.RunStopped, match=r"^the checkpoint at step 4 could not be written \(copying to "
+                                                  r"storage: FileExistsError: .+\); the previous checkpoint is kept"):
+        finetune.run(cfg)
     from ray_asr import checkpoint
 
     assert checkpoint.local_problems(blocked.parent / "step-0000002") == [] and blocked.is_file()
