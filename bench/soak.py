@@ -1,7 +1,8 @@
 """Soak: the smoke config trained for many steps, watching each training worker's memory, files and threads.
 
-Runs `ray-asr finetune configs/smoke.yaml` for about `--steps` optimizer steps with an evaluation (and a
-checkpoint) every `--eval-every`, samples every Ray Train worker process every few seconds (resident memory,
+Runs `ray-asr finetune configs/smoke.yaml` for one epoch of about `--steps` optimizer steps (the tone
+corpus' 64 training clips repeated under new ids), with an evaluation (and a checkpoint) every `--eval-every`,
+samples every Ray Train worker process every few seconds (resident memory,
 open file descriptors, threads) and prints, per worker, the least-squares slope of each after warm-up
 (the first `--warmup` share of the samples is left out). A leak shows as a slope that does not fall to
 about zero: MiB per 100 steps, descriptors and threads per 100 steps.
@@ -26,7 +27,22 @@ import numpy as np
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS_PER_EPOCH = 8  # the smoke config: 64 training clips, 2 workers x 4 per batch
+CLIPS_PER_STEP = 8  # the smoke config: 2 workers x 4 clips a batch
+
+
+def repeated_manifest(folder: Path, rows: int) -> Path:
+    """The tone corpus' training clips repeated under new ids up to `rows` rows: one long epoch."""
+    from ray_asr.builtin import build_tones
+
+    build_tones(folder)
+    base = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
+    manifest = folder / f"train-x{rows}.jsonl"
+    with open(manifest, "w") as f:
+        for n in range(rows):
+            row = base[n % len(base)]
+            f.write(json.dumps({"id": f"soak-{n:06d}", "audio": str((folder / row["audio"]).resolve()),
+                                "text": row["text"]}) + "\n")
+    return manifest
 
 
 def workers() -> list[psutil.Process]:
@@ -65,10 +81,10 @@ def main() -> None:
     args = parser.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
-    epochs = math.ceil(args.steps / STEPS_PER_EPOCH)
+    manifest = repeated_manifest(out.parent / f"{out.name}-tones", args.steps * CLIPS_PER_STEP)
     command = [sys.executable, "-m", "ray_asr", "finetune", str(ROOT / "configs" / "smoke.yaml"), f"output_dir={out}",
-               f"train.epochs={epochs}", f"train.eval_every_steps={args.eval_every}", "data.general_eval=null",
-               "train.keep_checkpoints=1"]
+               f"data.train={manifest}", "train.epochs=1", f"train.eval_every_steps={args.eval_every}",
+               "data.general_eval=null", "train.keep_checkpoints=1"]
     started = time.perf_counter()
     samples: dict[int, list] = {}
     stop = threading.Event()

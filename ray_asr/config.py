@@ -314,7 +314,10 @@ class TrainConfig:
     early_stopping: dict | None = None
     """Stop once `metric` (an evaluation key such as `wer`, `eval_loss`, `general_wer`; lower is better) has not
     improved for `patience` evaluations, `{metric: wer, patience: 3}`; the exported model is then the best
-    evaluation's, not the last. None = train every epoch, export the last."""
+    evaluation's, not the last. `max_general_wer_increase: 0.01` exports the best evaluation whose general WER
+    is at most a point above the starting model's (needs `data.general_eval` and `eval_at_start`); patience
+    still counts on `metric` alone. None = train every
+    epoch, export the last."""
     regression_suite: str = "default"
     """`default` (the built-in eSpeak suite, synthesised into `data/abilities` on the driver the first time) or a
     YAML file naming manifests (see `ray-asr regress --suite`)."""
@@ -328,8 +331,11 @@ class TrainConfig:
              "must be 0 with strategy head (decay would move the embedding rows it keeps)", self.weight_decay)
         if self.early_stopping is not None:
             spec = self.early_stopping
-            need(isinstance(spec, dict) and set(spec) <= {"metric", "patience"}, "train.early_stopping",
-                 "must be {metric: wer, patience: N}", spec)
+            need(isinstance(spec, dict) and set(spec) <= {"metric", "patience", "max_general_wer_increase"},
+                 "train.early_stopping", "must be {metric: wer, patience: N[, max_general_wer_increase: X]}", spec)
+            guard = spec.get("max_general_wer_increase")
+            need(guard is None or (isinstance(guard, (int, float)) and not isinstance(guard, bool) and guard >= 0),
+                 "train.early_stopping.max_general_wer_increase", "must be a number >= 0 (0.01 = one point)", guard)
             need(isinstance(spec.get("metric", "wer"), str), "train.early_stopping.metric", "must be a metric name",
                  spec.get("metric"))
             patience = spec.get("patience", 3)

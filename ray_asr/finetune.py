@@ -225,6 +225,9 @@ def _check_early_stopping(cfg: Config) -> None:
     metric = spec.get("metric", "wer")
     if not reported:
         raise ConfigError("train.early_stopping: needs data.eval (or data.general_eval) to evaluate on")
+    if spec.get("max_general_wer_increase") is not None and not (cfg.data.general_eval and cfg.train.eval_at_start):
+        raise ConfigError("train.early_stopping.max_general_wer_increase: needs data.general_eval and "
+                          "train.eval_at_start=true (the starting model's general WER is the bound's reference)")
     if metric not in reported and not (cfg.train.regression and metric.startswith("abilities_")):
         raise ConfigError(f"train.early_stopping.metric: {metric!r} is not reported by this run's evaluations "
                           f"(e.g. {', '.join(sorted(reported)[:4])})")

@@ -6,6 +6,7 @@ other languages the basic normaliser (case, punctuation, diacritics kept).
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import jiwer
@@ -35,10 +36,20 @@ def of_split(row: dict, split: str) -> dict:
     return {name: row[key(split, name)] for name in METRIC_KEYS if key(split, name) in row}
 
 
-def best_index(history: list[dict], metric: str) -> int | None:
-    """The history row with the lowest `metric` (the earliest of equals), or None where no row has it."""
+def best_index(history: list[dict], metric: str, max_general_wer_increase: float | None = None) -> int | None:
+    """The history row with the lowest `metric` (the earliest of equals), or None where no row has it. With
+    `max_general_wer_increase`, only rows whose general WER is at most that much above the starting model's
+    (the history's step-0 row) count: a better in-domain score bought by forgetting is no candidate."""
+    base = history[0].get("general_wer") if history and history[0].get("step") == 0 else None
+
+    def kept(row: dict) -> bool:
+        if max_general_wer_increase is None or base is None:
+            return True
+        general = row.get("general_wer")
+        return general is not None and not math.isnan(general) and general - base <= max_general_wer_increase + 1e-12
+
     scored = [(row[metric], i) for i, row in enumerate(history) if row.get(metric) is not None
-              and row[metric] == row[metric]]  # NaN (a split too raw to score) never wins
+              and row[metric] == row[metric] and kept(row)]  # NaN (a split too raw to score) never wins
     return min(scored)[1] if scored else None
 
 

@@ -530,11 +530,13 @@ class Worker:
         spec = self.cfg.train.early_stopping
         if spec is None:
             return
-        metric, history = spec.get("metric", "wer"), self.state.history
-        found = metrics.best_index(history, metric)
+        metric, history, guard = spec.get("metric", "wer"), self.state.history, spec.get("max_general_wer_increase")
+        found = metrics.best_index(history, metric, guard)
         if found == len(history) - 1 and not final:
             state = export.trainable_state(self.engine)  # collective under ZeRO-3
             self.best = {"step": self.state.step, "state": state} if self.rank == 0 else {"step": self.state.step}
+        # Patience counts on the metric alone: general WER often rises early in a fine-tune and comes back, so a
+        # bound on it chooses what is exported, never when to stop.
         stale = metrics.stale_evaluations(history, metric)
         if not final and stale >= spec.get("patience", 3):
             self.state.stopped_early = True
@@ -552,7 +554,7 @@ class Worker:
         if spec is None or self.best is None or self.rank != 0:
             return last
         history, metric = self.state.history, spec.get("metric", "wer")
-        best = metrics.best_index(history, metric)
+        best = metrics.best_index(history, metric, spec.get("max_general_wer_increase"))
         if best is not None and history[best]["step"] == self.best["step"]:
             self.exported_step = self.best["step"]
             return self.best["state"]

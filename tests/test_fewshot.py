@@ -21,6 +21,15 @@ def test_best_evaluation_and_staleness():
     assert metrics.stale_evaluations([{"step": 0}, {"step": 1}], "general_wer") == 2
 
 
+def test_a_general_wer_bound_leaves_out_evaluations_that_forgot():
+    history = [{"step": 0, "wer": 0.60, "general_wer": 0.165}, {"step": 10, "wer": 0.30, "general_wer": 0.206},
+               {"step": 20, "wer": 0.41, "general_wer": 0.175}, {"step": 30, "wer": 0.38, "general_wer": 0.190}]
+    assert metrics.best_index(history, "wer") == 1
+    assert metrics.best_index(history, "wer", max_general_wer_increase=0.01) == 2  # 17.5% is within a point
+    assert metrics.best_index(history, "wer", max_general_wer_increase=0.0) == 0  # only the start keeps it
+    assert metrics.best_index(history[1:], "wer", max_general_wer_increase=0.0) == 0  # no start row: no bound
+
+
 def test_ks_parse_sorted_and_bad_ones_name_the_flag():
     assert fewshot.parse_ks("32,8, 16,8") == [8, 16, 32]
     for bad in ("", "8,x", "0,8"):
