@@ -29,3 +29,13 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
         os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(8, os.cpu_count() or 1)))
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="warning",
                  _node_ip_address="127.0.0.1", log_to_driver=log_to_driver)
+
+
+def on_this_node(actor_class, *args, **kwargs):
+    """Starts a driver-side helper actor (quarantine sink, pass counter, mailbox, progress channel) on the
+    driver's own node: a zero-CPU actor Ray placed anywhere dies with a lost worker node and takes the run
+    with it, while the driver's node lives as long as the run does."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return actor_class.options(scheduling_strategy=here).remote(*args, **kwargs)

@@ -28,6 +28,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from ray_asr import audio, labels, sources
 from ray_asr.audio import Rejected
+from ray_asr.cluster import on_this_node
 from ray_asr.config import Config
 from ray_asr.prepare import examples, quarantine_record
 from ray_asr.rowcounts import RowCounts
@@ -276,10 +277,7 @@ class Preparer:
 
 def open_sink(path: str | Path | None):
     """The run's quarantine sink, placed on this (the driver's) node so the file lands here."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return QuarantineSink.options(scheduling_strategy=here).remote(str(path) if path else None)
+    return on_this_node(QuarantineSink, str(path) if path else None)
 
 
 def _actor_pool(max_actors: int, num_cpus: float):
@@ -417,7 +415,7 @@ def augment_stage(ds, cfg: Config):
     return ds.map_batches(
         Augmenter,
         fn_constructor_kwargs={"specs": cfg.augment, "seed": cfg.train.seed, "wire_dtype": cfg.data.wire_dtype,
-                               "counter": PassCounter.remote()},
+                               "counter": on_this_node(PassCounter)},
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
         compute=_actor_pool(cfg.data.augment_concurrency, actor_cpus(cfg.data.augment_num_cpus)),

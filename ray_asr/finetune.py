@@ -262,7 +262,7 @@ def score_base(cfg: Config, show_progress: bool = False) -> dict:
     sharded evaluation: a short Ray Train run that trains nothing."""
     cluster.connect(cfg.ray.address)
     cfg = layout.resolve(cfg)
-    sink, mailbox = data.open_sink(None), Mailbox.remote()
+    sink, mailbox = data.open_sink(None), cluster.on_this_node(Mailbox)
     try:
         with progress.shown(show_progress) as channel:
             _fit(trainer(cfg, sink, score_to=mailbox, channel=channel))
@@ -315,7 +315,7 @@ def run(cfg: Config, callbacks: list | None = None, reserved: float = 0.0, base_
         print(layout.describe(cfg))
         # One overall bar per dataset; per-operator bars flood logs that are not a terminal (jobs, CI).
         ray.data.DataContext.get_current().enable_operator_progress_bars = False
-        sink, stops = data.open_sink(cfg.quarantine_path), Mailbox.remote()
+        sink, stops = data.open_sink(cfg.quarantine_path), cluster.on_this_node(Mailbox)
         try:
             with progress.shown(show_progress) as channel:
                 result = _fit(trainer(cfg, sink, callbacks, base_row, channel=channel, stop_to=stops))

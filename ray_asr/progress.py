@@ -38,7 +38,9 @@ def shown(show: bool):
     if not show:
         yield None
         return
-    channel = Channel.remote()
+    from ray_asr.cluster import on_this_node
+
+    channel = on_this_node(Channel)
     with Display(channel):
         yield channel
 

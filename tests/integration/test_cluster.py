@@ -241,9 +241,10 @@ def test_tune_job_runs_its_trials_on_the_training_node(cluster, tmp_path):
     assert set(placed["Preparer"]) == {cluster.augment_node} and set(placed["Augmenter"]) == {cluster.augment_node}
 
 
-# Four to five minutes on 2 cores (a job, two nodes lost, two joining), left out of the suite for its time.
+# Four to six minutes on 2 cores (a job, a node lost, one joining), left out of the suite for its time.
 @pytest.mark.extended
-def test_lost_training_and_augmentation_nodes_are_replaced_and_the_run_resumes(cluster, tmp_path):
+@pytest.mark.timeout(900)
+def test_a_lost_training_node_is_replaced_and_the_run_resumes_from_its_last_checkpoint(cluster, tmp_path):
     out = tmp_path / "lost"
     job = cluster.start("jobs/finetune.py", "configs/smoke.yaml", f"output_dir={out}", "train.epochs=1",
                         "scaling.num_workers=1", "data.general_eval=null", "train.eval_every_steps=4", *PLACEMENT)
@@ -252,12 +253,10 @@ def test_lost_training_and_augmentation_nodes_are_replaced_and_the_run_resumes(c
     while not sealed.exists():
         assert time.time() < deadline and cluster.status(job) in ("PENDING", "RUNNING"), cluster.status(job)
         time.sleep(1)
-    lost = {cluster.trainer_node, cluster.augment_node}
-    cluster.kill_node("trainer")  # a spot preemption takes the training node and the augmentation node at once
-    cluster.kill_node("augment_cpu")
-    cluster.augment_node = _join(cluster, "augment_cpu", AUGMENT_NODE)  # the autoscaler's replacements
-    cluster.trainer_node = _join(cluster, "trainer", TRAINER_NODE)
-    deadline = time.time() + 600
+    lost = cluster.trainer_node
+    cluster.kill_node("trainer")  # a spot preemption: raylet and training worker gone at once
+    cluster.trainer_node = _join(cluster, "trainer", TRAINER_NODE)  # the autoscaler's replacement
+    deadline = time.time() + 480
     while cluster.status(job) in ("PENDING", "RUNNING") and time.time() < deadline:
         time.sleep(3)
     logs = cluster.ray("job", "logs", "--address", cluster.api, job).stdout
@@ -266,5 +265,4 @@ def test_lost_training_and_augmentation_nodes_are_replaced_and_the_run_resumes(c
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["step"] == 16 and 0 < metrics["steps_run"] < 16, metrics
     placed = _placed(cluster, job)
-    assert cluster.trainer_node in placed["RayTrainWorker"] and cluster.augment_node in placed["Preparer"], placed
-    assert not lost & {cluster.trainer_node, cluster.augment_node}
+    assert cluster.trainer_node in placed["RayTrainWorker"] and cluster.trainer_node != lost, placed
