@@ -45,9 +45,14 @@ def repeated_manifest(folder: Path, rows: int) -> Path:
     return manifest
 
 
-def workers() -> list[psutil.Process]:
+def workers(driver: int) -> list[psutil.Process]:
+    """The run's training workers: descendants of its driver (which started the local Ray), not other runs'."""
     found = []
-    for process in psutil.process_iter():
+    try:
+        family = psutil.Process(driver).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return found
+    for process in family:
         try:
             if "RayTrainWorker" in " ".join(process.cmdline()):
                 found.append(process)
@@ -56,9 +61,9 @@ def workers() -> list[psutil.Process]:
     return found
 
 
-def sample(samples: dict, stop: threading.Event, started: float, every: float) -> None:
+def sample(samples: dict, stop: threading.Event, started: float, every: float, driver: list) -> None:
     while not stop.wait(every):
-        for process in workers():
+        for process in workers(driver[0]) if driver else []:
             try:
                 row = (time.perf_counter() - started, process.memory_info().rss / 2**20, process.num_fds(),
                        process.num_threads())
@@ -88,11 +93,14 @@ def main() -> None:
     started = time.perf_counter()
     samples: dict[int, list] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=sample, args=(samples, stop, started, args.every), daemon=True)
+    driver: list[int] = []
+    watcher = threading.Thread(target=sample, args=(samples, stop, started, args.every, driver), daemon=True)
     watcher.start()
     out.mkdir(parents=True)
     with open(out.parent / f"{out.name}.log", "w") as log:
-        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""})
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "RAY_ADDRESS": ""})
+        driver.append(child.pid)
+        code = child.wait()
     stop.set()
     watcher.join()
     seconds = time.perf_counter() - started
