@@ -316,8 +316,7 @@ class TrainConfig:
     improved for `patience` evaluations, `{metric: wer, patience: 3}`; the exported model is then the best
     evaluation's, not the last. `max_general_wer_increase: 0.01` exports the best evaluation whose general WER
     is at most a point above the starting model's (needs `data.general_eval` and `eval_at_start`); patience
-    still counts on `metric` alone. None = train every
-    epoch, export the last."""
+    still counts on `metric` alone. None = train every epoch, export the last."""
     regression_suite: str = "default"
     """`default` (the built-in eSpeak suite, synthesised into `data/abilities` on the driver the first time) or a
     YAML file naming manifests (see `ray-asr regress --suite`)."""

@@ -253,9 +253,7 @@ class Worker:
 
     def resume(self) -> None:
         found = ray.train.get_checkpoint()
-        if found is None:
-            return
-        found = self._complete(found)
+        found = found and self._complete(found)
         if found is None:
             return
         with found.as_directory() as folder:
@@ -416,15 +414,19 @@ class Worker:
 
     def _maybe_fail(self) -> None:
         """Fault injection (`train.fail_at_step`): the last rank dies once, at that step."""
-        step, marker = self.cfg.train.fail_at_step, self.plan.get("fault_marker")
-        if not step or self.state.step != step or self.rank != self.world - 1 or marker is None:
-            return
-        if not Path(marker).exists():
-            Path(marker).write_text(f"rank {self.rank} exited at step {step}\n")
-            # The last rank is silent on the console; this one line it says.
-            self.report.say(f"[train] fault injection: rank {self.rank} exits at step {step}", warning=True,
-                            every_rank=True)
+        step = self.cfg.train.fail_at_step
+        if self._injects(step, "fault_marker", f"exits at step {step}"):
             _exit_after_poll()
+
+    def _injects(self, step: int, marker_key: str, says: str) -> bool:
+        """Whether a fault injected on the last rank at `step` fires now: once per run (the plan's `marker_key`
+        file remembers it across restarts), saying so in one line (the last rank is otherwise silent)."""
+        marker = self.plan.get(marker_key)
+        if not step or self.state.step != step or self.rank != self.world - 1 or marker is None or Path(marker).exists():
+            return False
+        Path(marker).write_text(f"rank {self.rank} {says}\n")
+        self.report.say(f"[train] fault injection: rank {self.rank} {says}", warning=True, every_rank=True)
+        return True
 
     def _evaluate(self, split: str) -> dict:
         """Sharded generation on one split, gathered on every rank."""
@@ -577,8 +579,8 @@ class Worker:
         name = f"step-{self.state.step:07d}{'-final' if final else ''}"
         with tempfile.TemporaryDirectory(prefix="ray-asr-ckpt-") as tmp:
             folder = Path(tmp)
-            failed = self._attempt(lambda: self._write_checkpoint(folder, final, trainable), "writing it locally")
-            saved = self._persist(folder, name) if not failed else None
+            self._attempt(lambda: self._write_checkpoint(folder, final, trainable), "writing it locally")
+            saved = self._persist(folder, name)
         # Not "done": Ray Tune reads a `done` metric as "stop this trial now". Every rank persisted its part
         # and rank 0 sealed the folder: Ray Train only records it.
         ray.train.report({**row, "steps_run": self.steps_run, "finished": final}, checkpoint=saved,
@@ -594,7 +596,7 @@ class Worker:
                 for split, rows in self.predictions.items():
                     f.writelines(json.dumps({"split": split, **r}, ensure_ascii=False) + "\n" for r in rows)
 
-    def _attempt(self, action, doing: str) -> bool:
+    def _attempt(self, action, doing: str) -> None:
         """Runs `action` on this rank and agrees with the others whether it failed anywhere; a storage error
         (full disk, unwritable path) on any rank becomes one `RunStop` on every rank."""
         error = None
@@ -603,7 +605,7 @@ class Worker:
         except OSError as err:
             error = f"{type(err).__name__}: {err}"
         if not any_rank(error is not None, self.control):
-            return False
+            return
         errors = [None] * self.world
         dist.all_gather_object(errors, error, group=self.control)
         first = next(e for e in errors if e)
@@ -637,13 +639,8 @@ class Worker:
     def _tears(self) -> bool:
         """Fault injection (`train.fail_during_save`): the last rank copies half of its checkpoint at that step,
         once, and dies there, as a kill during the copy does."""
-        step, marker = self.cfg.train.fail_during_save, self.plan.get("tear_marker")
-        if not step or self.state.step != step or self.rank != self.world - 1 or marker is None or Path(marker).exists():
-            return False
-        Path(marker).write_text(f"rank {self.rank} tore the checkpoint of step {step}\n")
-        self.report.say(f"[train] fault injection: rank {self.rank} tears the checkpoint at step {step} and exits",
-                        warning=True, every_rank=True)
-        return True
+        step = self.cfg.train.fail_during_save
+        return self._injects(step, "tear_marker", f"tears the checkpoint at step {step} and exits")
 
 
 def _exit_after_poll() -> None:
