@@ -154,6 +154,19 @@ def _transcribe(args) -> int:
     return EXIT_REJECTED if failed else EXIT_OK
 
 
+def _feedback(args) -> int:
+    from ray_asr import feedback
+    from ray_asr.sources import SourceError
+
+    try:
+        failed = feedback.run(args.model_dir, args.audio, args.out, language=args.language, batch_size=args.batch_size,
+                              with_reference=args.with_reference)
+    except (SourceError, FileNotFoundError, ValueError) as err:
+        print(f"ray-asr feedback: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_REJECTED if failed else EXIT_OK
+
+
 def _export(args) -> int:
     from ray_asr import export
 
@@ -307,6 +320,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--language", help="default: the model's generation config")
     p.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together")
     p.set_defaults(run=_transcribe)
+    p = command("feedback", help="write a model's transcripts as feedback rows for a person to correct or rate")
+    p.add_argument("model_dir")
+    p.add_argument("audio", nargs="+", help="one manifest (any format ray-asr reads), or audio files")
+    p.add_argument("--out", required=True, help="the feedback JSONL written (train on it with data.feedback=FILE)")
+    p.add_argument("--language", help="default: the model's generation config")
+    p.add_argument("--batch-size", type=int, default=8, help="30 s windows decoded together")
+    p.add_argument("--with-reference", action="store_true",
+                   help="write the manifest's transcripts as corrections (standing in for a person: checks the loop)")
+    p.set_defaults(run=_feedback)
     p = command("export", help="export a run or model folder (HF safetensors or CTranslate2)")
     p.add_argument("run_dir", help="a finetune output_dir (its model/ is exported) or a Whisper model folder")
     p.add_argument("--format", choices=("hf", "ct2"), required=True)

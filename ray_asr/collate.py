@@ -138,7 +138,8 @@ class NoSpeechMaker:
             waves.append((noise * level).astype(np.float32))
         start = int(rng.integers(1 << 62))
         extra = {"audio": waves, "labels": [list(self.labels)] * count, "text": [""] * count,
-                 "id": [f"{NO_SPEECH_ID}{start + i}" for i in range(count)], "previous": [None] * count}
+                 "id": [f"{NO_SPEECH_ID}{start + i}" for i in range(count)], "previous": [None] * count,
+                 "rating": [float("nan")] * count}
         out = dict(batch)
         for name, added in extra.items():
             if name not in batch:
@@ -163,7 +164,7 @@ class WhisperCollator(NumpyBatchCollateFn):
     seed: int = 0
     """Seed of the SpecAugment generator (give each worker its own, e.g. seed + rank)."""
     keep: tuple = ()
-    """Columns passed through as Python lists (e.g. `("id", "text")` for evaluation)."""
+    """Columns passed through as Python lists where the batch has them (e.g. `("id", "text")` for evaluation)."""
     prompts: PromptMaker | None = None
     """Puts a custom-vocabulary prompt before some clips' labels (`train.prompt_vocabulary`); training split only."""
     no_speech: NoSpeechMaker | None = None
@@ -188,7 +189,7 @@ class WhisperCollator(NumpyBatchCollateFn):
                    "labels": targets.to(self.device)}
         else:
             out = {"input_features": features, "labels": pad_labels(batch["labels"]).to(self.device)}
-        out.update((name, batch[name].tolist()) for name in self.keep)
+        out.update((name, batch[name].tolist()) for name in self.keep if name in batch)
         return out
 
 
@@ -198,7 +199,6 @@ def for_splits(n_mels: int, wire_dtype: str, device, spec_augment: dict | None, 
     """The training split's collator (SpecAugment, prompts, no-speech clips when configured) and the evaluation
     splits' (never: they score the clips as they are)."""
     plain = WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep)
-    if spec_augment is None and prompts is None and no_speech is None:
-        return plain, plain
-    return WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=keep, spec_augment=spec_augment,
-                           seed=seed, prompts=prompts, no_speech=no_speech), plain
+    # Training rows also carry their feedback rating (`data.feedback`): it decides how a row trains.
+    return WhisperCollator(n_mels=n_mels, wire_dtype=wire_dtype, device=device, keep=(*keep, "rating"),
+                           spec_augment=spec_augment, seed=seed, prompts=prompts, no_speech=no_speech), plain

@@ -138,17 +138,29 @@ class DataConfig:
     rehearsal: dict | None = None
     """General speech rehearsed against forgetting, `{manifest: PATH, fraction: 0.2}`: that share of each epoch's
     training rows comes from the manifest (the same as a `data.mix` entry of weight fraction / (1 - fraction))."""
+    feedback: str | None = None
+    """People's feedback on transcripts (`ray-asr feedback` writes it): JSONL rows `{audio, hypothesis, correction}`
+    (the correction is the reference) and/or `{audio, hypothesis, rating}` (rating in [-1, 1] weights the
+    hypothesis, never imitated as a reference). Trained as the training split when `train` is unset, else mixed
+    into it like a `mix` entry of weight 1."""
     mix: list = field(default_factory=list)
     """Other sets mixed into training, each `{manifest: PATH, weight: W}`: W of its rows per `train` row each epoch
     (0.2: one in five; a set too small for its share repeats), e.g. speech in other languages or general speech
     rehearsed against forgetting. Rows keep their own `language`. The same rows every epoch, chosen by `train.seed`."""
 
+    def __post_init__(self) -> None:
+        if self.feedback and not self.train:  # a feedback-only fine-tune: the feedback is the training split
+            self.train = self.feedback
+
     def mixes(self) -> list[dict]:
         """`mix` with `rehearsal` as one more entry."""
-        if not self.rehearsal:
-            return list(self.mix)
-        fraction = self.rehearsal["fraction"]
-        return [*self.mix, {"manifest": self.rehearsal["manifest"], "weight": fraction / (1 - fraction)}]
+        out = list(self.mix)
+        if self.feedback and self.train != self.feedback:
+            out.append({"manifest": self.feedback, "weight": 1.0})
+        if self.rehearsal:
+            fraction = self.rehearsal["fraction"]
+            out.append({"manifest": self.rehearsal["manifest"], "weight": fraction / (1 - fraction)})
+        return out
 
     def check(self) -> None:
         one_of(self.wire_dtype, "data.wire_dtype", ("int16", "float32"))
@@ -226,6 +238,43 @@ class LoraConfig:
         need(self.alpha > 0, "train.lora.alpha", "must be > 0", self.alpha)
         need(0 <= self.dropout < 1, "train.lora.dropout", "must be in [0, 1)", self.dropout)
         need(bool(self.target_modules), "train.lora.target_modules", "must name at least one module", self.target_modules)
+
+
+@dataclass
+class MwerConfig:
+    n_best: int = 4
+    """Hypotheses decoded per clip (duplicates dropped); 4 is the minimum-WER literature's beam."""
+    sampling: str = "beam"
+    """`beam` (the N best of a beam search) or `sample` (N draws at `temperature`: more diverse, noisier)."""
+    temperature: float = 1.0
+    """Sampling temperature for `sampling: sample`."""
+    ce_weight: float = 0.1
+    """Cross-entropy on the references beside the MWER term; it keeps the model anchored to real transcripts
+    (without it, MWER can drift to whatever its own N-best happens to contain)."""
+    length_penalty: float = 0.0
+    """Each hypothesis' log-probability is divided by its length to this power before renormalising (0: none;
+    1: per-token means, so long and short hypotheses compete on equal terms)."""
+
+    def check(self) -> None:
+        need(self.n_best >= 2, "train.mwer.n_best", "must be >= 2 (MWER compares hypotheses)", self.n_best)
+        one_of(self.sampling, "train.mwer.sampling", ("beam", "sample"))
+        need(self.temperature > 0, "train.mwer.temperature", "must be > 0", self.temperature)
+        need(self.ce_weight >= 0, "train.mwer.ce_weight", "must be >= 0", self.ce_weight)
+        need(self.length_penalty >= 0, "train.mwer.length_penalty", "must be >= 0", self.length_penalty)
+
+
+@dataclass
+class RewardConfig:
+    wer: float = 1.0
+    """Cost per unit of a hypothesis' utterance WER (1.0: every word wrong costs 1)."""
+    loop: float = 1.0
+    """Cost of a hypothesis that loops (a phrase repeated back to back, the `repetition_rate` detector)."""
+    runaway: float = 1.0
+    """Cost of a hypothesis that never stops within its clip's token limit (a `runaway_outputs` one)."""
+
+    def check(self) -> None:
+        for name in ("wer", "loop", "runaway"):
+            need(getattr(self, name) >= 0, f"train.reward.{name}", "must be >= 0", getattr(self, name))
 
 
 @dataclass
@@ -320,6 +369,14 @@ class TrainConfig:
     regression_suite: str = "default"
     """`default` (the built-in eSpeak suite, synthesised into `data/abilities` on the driver the first time) or a
     YAML file naming manifests (see `ray-asr regress --suite`)."""
+    objective: str = "ce"
+    """`ce` (cross-entropy on the references) or `mwer`: minimum word error rate over each clip's N-best decoded
+    by the model being trained (`train.mwer`), costed by `train.reward`, with cross-entropy beside it. Rows
+    with a `rating` (`data.feedback`) train by their rating under either."""
+    mwer: MwerConfig = field(default_factory=MwerConfig)
+    """N-best and weighting of `objective: mwer`."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """Costs of a hypothesis under `objective: mwer` (lower is better; evaluations log its negative as `reward`)."""
 
     def check(self) -> None:
         one_of(self.strategy, "train.strategy", ("full", "freeze", "lora", "add_layers", "head"))
@@ -365,6 +422,11 @@ class TrainConfig:
         need(self.max_nan_steps >= 0, "train.max_nan_steps", "must be >= 0", self.max_nan_steps)
         _check_spec_augment(self.spec_augment)
         _check_prompt_vocabulary(self.prompt_vocabulary)
+        one_of(self.objective, "train.objective", ("ce", "mwer"))
+        need(not (self.objective == "mwer" and self.prompt_vocabulary), "train.objective",
+             "mwer does not combine with train.prompt_vocabulary (its N-best is decoded without prompts)", self.objective)
+        self.mwer.check()
+        self.reward.check()
         need(self.log_every_steps >= 0, "train.log_every_steps", "must be >= 0", self.log_every_steps)
         need(isinstance(self.report_to, list), "train.report_to", "must be a list such as [tensorboard]", self.report_to)
         self.deepspeed.check()

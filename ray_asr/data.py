@@ -40,6 +40,7 @@ PREPARED_SCHEMA = pa.schema([
     ("labels", pa.list_(pa.int32())),  # decoder labels ending in end-of-text, no start token
     ("text", pa.string()),
     ("previous", pa.string()),  # the utterance before it (its recording's previous window, its speaker's); or null
+    ("rating", pa.float64()),  # a feedback row's rating of its text (a hypothesis, not a reference); or null
 ])
 
 
@@ -266,6 +267,7 @@ class Preparer:
                 out["labels"].append(example.labels)
                 out["text"].append(example.text)
                 out["previous"].append(previous)
+                out["rating"].append(row.get("rating"))
                 previous = example.text  # a recording's next window follows this one
             if row.get("speaker"):
                 last_said[row["speaker"]] = made[-1].text

@@ -89,6 +89,16 @@ def error_rates(references: list[str], hypotheses: list[str], language: str = "e
     }
 
 
+def word_errors(reference: str, hypothesis: str, language: str = "en") -> tuple[int, int]:
+    """One utterance's word edits (substitutions + deletions + insertions) and its reference's word count,
+    after normalisation: an empty reference makes every hypothesis word an insertion."""
+    ref, hyp = normalize(reference, language), normalize(hypothesis, language)
+    if not ref or not hyp:
+        return len(ref.split()) + len(hyp.split()), len(ref.split())
+    words = jiwer.process_words(ref, hyp)
+    return words.substitutions + words.deletions + words.insertions, len(ref.split())
+
+
 # A phrase said four times running is a decoding loop, not speech ("the the" is speech; "....",
 # "and and and and" are not). Eight tokens covers a short looping phrase in Whisper's BPE.
 LOOP_REPEATS = 4

@@ -40,6 +40,7 @@ from ray_asr import (
     layout,
     metrics,
     progress,
+    reward,
 )
 from ray_asr import model as model_lib
 from ray_asr.activation_cache import ActivationCache, default_folder
@@ -101,6 +102,7 @@ class Worker:
         self.report = progress.Reporter(self.plan.get("progress"), speaks=self.rank == 0)
         self.stage_asked = self.cfg.train.deepspeed.stage
         self.cfg = dataclasses.replace(self.cfg, train=effective(self.cfg.train, self.world))
+        self.synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1  # ZeRO-3 ranks decode in lock-step
         # Ray pins OMP_NUM_THREADS to the worker's whole CPUs; torch's intra-op pool takes the CPUs it holds.
         torch.set_num_threads(layout.threads(self.cfg.scaling.cpus_per_worker))
         self.device = ray.train.torch.get_device()
@@ -117,6 +119,9 @@ class Worker:
                                                               self.cfg.train.spec_augment, self.cfg.train.seed + 7919 * self.rank,
                                                               prompts=self._prompts(), no_speech=self._no_speech())
         self.dummy = _dummy_batch(n_mels, self.tokenizer.eos_token_id, self.device)
+        # MWER and rated feedback rows (`train.objective`, `data.feedback`); its sampling seed differs per rank.
+        self.objective = reward.Objective(self.cfg.train, self.tokenizer, self.cfg.model.language,
+                                          seed=self.cfg.train.seed + 7919 * self.rank)
         self.state = RunState()
         self.loss_sum, self.loss_count, self.steps_run = torch.zeros((), device=self.device), 0, 0
         self.clips, self.step_seconds = 0, 0.0  # real clips trained and time in steps since the last evaluation
@@ -181,9 +186,8 @@ class Worker:
                                           config=deepspeed_config(self.cfg.train, total, self.precision, net.config.d_model))
         checkpoint.use_safe_loading(engine)
         if cache is not None:
-            synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1
             self.boundary = FrozenBoundary(engine.module, depth, cache,
-                                           anyone=(lambda flag: any_rank(flag, self.control)) if synced else None)
+                                           anyone=(lambda flag: any_rank(flag, self.control)) if self.synced else None)
         if self.rank == 0:  # counted on every rank would gather ZeRO-3 partitions for nothing
             share = model_lib.trainable_summary(engine.module)
             threads = "GPU" if self.device.type == "cuda" else f"{torch.get_num_threads()} threads"
@@ -252,8 +256,7 @@ class Worker:
             self.watchdog.stop()
 
     def resume(self) -> None:
-        found = ray.train.get_checkpoint()
-        found = found and self._complete(found)
+        found = self._resume_point()
         if found is None:
             return
         with found.as_directory() as folder:
@@ -264,17 +267,26 @@ class Worker:
         where = "finished" if self.state.done else f"epoch {self.state.epoch}, batch {self.state.batches_done}"
         self.report.say(f"[train] resumed from checkpoint at step {self.state.step} ({where})")
 
-    def _complete(self, found: ray.train.Checkpoint) -> ray.train.Checkpoint | None:
-        """`found`, or the newest complete checkpoint beside it when `found` is torn (a storage fault after Ray
-        recorded it); None when there is none: the run starts over, and says so."""
-        issues = checkpoint.problems(found.filesystem, found.path)
-        if not issues:
-            return found
-        root = found.path.rstrip("/").rsplit("/", 1)[0]
-        newest = checkpoint.newest_complete(found.filesystem, root)
-        where = f"resuming from {newest.rsplit('/', 1)[-1]}" if newest else "no complete one is left: starting over"
-        self.report.say(f"[train] checkpoint {found.path} is incomplete ({issues[0]}); {where}", warning=True)
-        return ray.train.Checkpoint(newest, filesystem=found.filesystem) if newest else None
+    def _resume_point(self) -> ray.train.Checkpoint | None:
+        """The checkpoint to resume from: the newest complete one in the run's storage folder. Usually that is the
+        one Ray Train recorded; it is not when a storage fault tore that one after Ray recorded it, or when the
+        worker was lost between sealing a checkpoint and reporting it (a node going at that moment). None: the
+        run starts from the beginning (and says so where Ray had recorded one)."""
+        storage = ray.train.get_context().get_storage()
+        fs, root = storage.storage_filesystem, storage.experiment_fs_path
+        recorded = ray.train.get_checkpoint()
+        newest = checkpoint.newest_complete(fs, root)
+        if recorded is not None:
+            issues = checkpoint.problems(recorded.filesystem, recorded.path)
+            if issues:
+                where = f"resuming from {newest.rsplit('/', 1)[-1]}" if newest else "no complete one is left: starting over"
+                self.report.say(f"[train] checkpoint {recorded.path} is incomplete ({issues[0]}); {where}", warning=True)
+            elif newest is None or newest.rsplit("/", 1)[-1] <= recorded.path.rstrip("/").rsplit("/", 1)[-1]:
+                return recorded
+        elif newest is not None:
+            self.report.say(f"[train] {newest.rsplit('/', 1)[-1]} was sealed but never reported (the worker was lost "
+                            f"in between): resuming from it")
+        return ray.train.Checkpoint(newest, filesystem=fs) if newest else None
 
     def run(self) -> None:
         if self.plan.get("score_to"):  # a search's one scoring of the starting model
@@ -353,10 +365,16 @@ class Worker:
         started = time.perf_counter()
         self.engine.train()
         before = self.engine.global_steps
-        prompted = {"decoder_input_ids": batch["decoder_input_ids"]} if "decoder_input_ids" in batch else {}
-        out = self.engine(**self._encoder_inputs(batch, "train", real), **prompted, labels=batch["labels"],
-                          use_cache=False)
-        loss = out.loss if real else out.loss * 0.0
+        inputs = self._encoder_inputs(batch, "train", real)
+        if self.objective.applies(batch):
+            hidden = (inputs["encoder_outputs"].last_hidden_state if "encoder_outputs" in inputs
+                      else whisper_of(self.engine.module).get_encoder()(**inputs).last_hidden_state)
+            loss = self.objective.loss(self.engine, hidden, batch, real, self.synced, self._agree_max, self.state.step,
+                                       self.engine.module)
+        else:
+            prompted = {"decoder_input_ids": batch["decoder_input_ids"]} if "decoder_input_ids" in batch else {}
+            loss = self.engine(**inputs, **prompted, labels=batch["labels"], use_cache=False).loss
+        loss = loss if real else loss * 0.0
         if real and self._injects_nan():
             loss = loss * float("nan")
         ids = batch["id"] if real else []
@@ -428,12 +446,19 @@ class Worker:
         self.report.say(f"[train] fault injection: rank {self.rank} {says}", warning=True, every_rank=True)
         return True
 
+    def _agree_max(self, value: int) -> int:
+        """The largest of every rank's `value` (decode lengths: ranks decoding in lock-step decode as long)."""
+        found = torch.tensor([value])
+        dist.all_reduce(found, op=dist.ReduceOp.MAX, group=self.control)
+        return int(found.item())
+
     def _evaluate(self, split: str) -> dict:
-        """Sharded generation on one split, gathered on every rank."""
+        """Sharded generation on one split, gathered on every rank; under `train.objective: mwer` also the
+        N-best's figures (`reward.Tally`)."""
         model = self.engine.module
         model.eval()
-        synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1
         rows, loss_sum, loss_n = [], 0.0, 0
+        tally = reward.Tally() if self.objective.mwer else None
         stream = ray.train.get_dataset_shard(split).iter_batches(batch_size=self.cfg.train.batch_size_per_worker,
                                                                  batch_format="numpy")
         batches = map(self.collate, self._watched(self.eval_cache.batches(split, stream)))
@@ -447,12 +472,18 @@ class Worker:
                     inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder(**inputs).last_hidden_state)}
                 loss = model(**inputs, labels=batch["labels"], use_cache=False).loss
                 limits = evaluate.token_limits(batch["labels"])
-                longest = torch.tensor([max(limits)])
-                dist.all_reduce(longest, op=dist.ReduceOp.MAX, group=self.control)  # synced ranks decode as long
-                ids, runaway = evaluate.generate(model, limits, self.tokenizer.eos_token_id, synced,
-                                                 max_new_tokens=int(longest.item()),
-                                                 language=labels.languages_of(self.tokenizer, batch["labels"], self.cfg.model.language),
-                                                 task=self.cfg.model.task, **inputs)
+                longest = self._agree_max(max(limits))
+                language = labels.languages_of(self.tokenizer, batch["labels"], self.cfg.model.language)
+                ids, runaway = evaluate.generate(model, limits, self.tokenizer.eos_token_id, self.synced,
+                                                 max_new_tokens=longest, language=language, task=self.cfg.model.task,
+                                                 **inputs)
+                if tally is not None:
+                    hyps = reward.nbest(model, self.tokenizer, batch["labels"], self.cfg.model.language,
+                                        self.cfg.train.mwer.n_best, "beam", 1.0, limits, self.synced, seed=0,
+                                        hidden=inputs["encoder_outputs"].last_hidden_state, max_new_tokens=longest)
+                    if real:
+                        tally.add(self.tokenizer, self.objective.weights, self.cfg.model.language, batch["text"], ids,
+                                  runaway, hyps)
                 if real:
                     loss_sum += loss.item() * len(ids)
                     loss_n += len(ids)
@@ -465,11 +496,13 @@ class Worker:
             log.info(f"[eval] {split}: " + ("kept in worker memory for later evaluations" if kept else
                                             "over data.eval_cache_mb on some worker, streamed at every evaluation"))
         gathered = [None] * self.world
-        dist.all_gather_object(gathered, (rows, loss_sum, loss_n))
-        all_rows = sorted((r for part, _, _ in gathered for r in part), key=lambda r: r["id"])
+        dist.all_gather_object(gathered, (rows, loss_sum, loss_n, tally))
+        all_rows = sorted((r for part, *_ in gathered for r in part), key=lambda r: r["id"])
         self.predictions[split] = all_rows
         result = metrics.report(all_rows, self.cfg.model.language)
-        result["eval_loss"] = sum(s for _, s, _ in gathered) / max(sum(n for _, _, n in gathered), 1)
+        result["eval_loss"] = sum(s for _, s, _, _ in gathered) / max(sum(n for _, _, n, _ in gathered), 1)
+        if tally is not None:
+            result.update(reward.Tally.merged([t for *_, t in gathered]))
         return result
 
     def _abilities(self) -> dict:
@@ -661,6 +694,9 @@ def _eval_line(row: dict) -> str:
         if "wer" in found:
             parts.append(f"{split} loss {found['eval_loss']:.3f} WER {found['wer']:.2%} "
                          f"CER {found['cer']:.2%} runaway {found['runaway_outputs']}")
+            if metrics.key(split, "reward") in row:  # `train.objective: mwer`
+                parts[-1] += (f" reward {row[metrics.key(split, 'reward')]:.3f} "
+                              f"N-best oracle WER {row[metrics.key(split, 'oracle_wer')]:.2%}")
     return " | ".join(parts) + f" | {row['eval_seconds']:.1f} s"
 
 

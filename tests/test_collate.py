@@ -61,7 +61,8 @@ def test_spec_augment_reaches_the_training_split_only():
     assert not torch.equal(trained, scored)  # masked for training
     assert torch.equal(scored, WhisperCollator(wire_dtype="float32", keep=("id", "text"))(batch)["input_features"])
     same, other = for_splits(80, "float32", "cpu", None, seed=0)
-    assert same is other and same.spec_augment is None  # not configured: nothing masked anywhere
+    assert same.spec_augment is None and other.spec_augment is None  # not configured: nothing masked anywhere
+    assert "rating" in same.keep and "rating" not in other.keep  # feedback ratings decide how training rows train
 
 
 def test_spec_augment_p_is_the_share_of_clips_masked():

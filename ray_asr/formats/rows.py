@@ -31,9 +31,11 @@ RAW_SCHEMA = pa.schema([
     ("language", pa.string()),  # the row's `language` (a code such as de, or a name); null = model.language
     ("segments", pa.string()),  # timed segments (`windows.dumps`) from `segments` or `start`/`end`; null = none
     ("speaker", pa.string()),  # the row's `speaker`, for the previous-text prompt; null = unknown
+    ("rating", pa.float64()),  # a feedback row's rating of its `hypothesis` (the row's text), in [-1, 1]; null = none
 ])
 AUDIO_KEYS = ("audio", "path", "audio_filepath", "file", "file_name")  # file_name: HF audiofolder metadata
-TEXT_KEYS = ("text", "sentence", "transcription", "transcript", "normalized_text")
+TEXT_KEYS = ("text", "sentence", "transcription", "transcript", "normalized_text",
+             "correction")  # correction: a feedback row's (`ray-asr feedback`) corrected transcript
 
 
 class SourceError(ValueError):
@@ -58,7 +60,7 @@ def raw_row(shard: Shard, number: int, raw: str, **fields) -> dict:
     """A raw row with id `<file>:<number>`; `fields` set its other columns (the rest are null)."""
     result = {"id": f"{Path(shard.path).name}:{number}", "source": shard.path, "raw": raw, "audio_path": None,
               "audio_bytes": None, "text": None, "error": None, "error_detail": None, "offset": None,
-              "duration": None, "language": None, "segments": None, "speaker": None}
+              "duration": None, "language": None, "segments": None, "speaker": None, "rating": None}
     result.update(fields)
     return result
 
@@ -75,10 +77,18 @@ def from_record(shard: Shard, number: int, raw: str, record: dict, audio_root: P
     """Normalises one parsed row (manifest line, TSV line or table row) to the raw schema."""
     audio_key, audio = pick(record, AUDIO_KEYS)
     text_key, text = pick(record, TEXT_KEYS)
+    fields = {}
+    if text_key is None and "rating" in record and "hypothesis" in record:  # rated feedback: its text is the hypothesis
+        text_key, text = "hypothesis", record["hypothesis"]
+        rating = record["rating"]
+        if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not -1 <= rating <= 1:
+            return raw_row(shard, number, raw, error="missing_keys", error_detail=f"rating is {rating!r}, not a number "
+                                                                                   f"in [-1, 1]")
+        fields["rating"] = float(rating)
     missing = [name for name, key in (("audio", audio_key), ("text", text_key)) if key is None]
     if missing:
         return raw_row(shard, number, raw, error="missing_keys", error_detail=f"row has no {' or '.join(missing)} key")
-    fields = {"text": text if isinstance(text, str) else None}
+    fields["text"] = text if isinstance(text, str) else None
     language = record.get("language")
     if isinstance(language, str) and language.strip():
         fields["language"] = language.strip()

@@ -235,6 +235,22 @@ def test_zero3_lora_evaluates_in_lockstep_and_merged_export_equals_adapter(tmp_p
     assert not torch.allclose(a, untrained, atol=1e-3)  # the adapters did change the model
 
 
+def test_zero3_mwer_decodes_in_lockstep_checkpoints_and_resumes(tmp_path):
+    # Minimum-WER training decodes each batch's N-best with the model being trained: under ZeRO-3 both ranks step
+    # the decoder together (synced generation) every optimizer step. Rank 1 dies at step 3; the group resumes
+    # from step 2's checkpoint and finishes the epoch (8 steps). No evaluation splits: the untrained tiny model
+    # decodes to its token limits, and evaluation in lock-step is the LoRA run's subject above.
+    out, log = tmp_path / "run", tmp_path / "run.log"
+    run = _cli(out, "train.deepspeed.stage=3", "train.objective=mwer", "train.mwer.n_best=2", "train.epochs=1",
+               "train.eval_every_steps=2", "train.fail_at_step=3", "data.eval=null", log=log)
+    assert run.wait(timeout=500) == 0, log.read_text()[-4000:]
+    text = log.read_text()
+    assert "ZeRO-3" in text and "resumed from checkpoint at step 2 " in text, text[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["step"] == 8 and 0 < summary["steps_run"] < 8, summary
+    assert all(np.isfinite(_losses(out))) and (out / "model" / "model.safetensors").exists()
+
+
 def test_ctrl_c_stops_a_run_with_one_line_and_exit_130(tmp_path):
     import ray
 
