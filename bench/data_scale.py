@@ -2,9 +2,11 @@
 
 Each manifest names the same few short WAV files under distinct ids (1% of rows name a missing file, so
 the quarantine sink has rejections to hold). While the command streams every row through the read tasks,
-the decode actors and the sink, this script samples the resident memory of the driver and of each Ray
-process kind twice a second and prints the peak of each against the row count, with the wall time.
-Per-row state on the driver or in an actor shows as a peak that grows with the rows.
+the decode actors and the sink, this script samples the memory of the driver and of each Ray process
+kind twice a second and prints the peak of each against the row count, with the wall time: resident
+(RSS) and private (USS). RSS counts the pages of Ray's shared-memory object store that a process has
+read blocks from, and blocks grow with the rows once their count is capped (`data.MAX_BLOCKS`); USS is
+the process' own. Per-row state on the driver or in an actor shows as a private peak that grows with the rows.
 
     python bench/data_scale.py [--rows 10000,100000,1000000] [--workdir runs/data-scale] [--model DIR]
 """
@@ -59,17 +61,18 @@ def kind_of(process: psutil.Process, driver: int) -> str | None:
     return next((kind for kind, mark in KINDS.items() if mark and mark in title), None)
 
 
-def sample(driver: int, peaks: dict, stop: threading.Event) -> None:
+def sample(driver: int, peaks: dict, private: dict, stop: threading.Event) -> None:
     while not stop.wait(0.5):
         for process in psutil.process_iter():
             kind = kind_of(process, driver)
             if kind is None:
                 continue
             try:
-                rss = process.memory_info().rss
-            except psutil.NoSuchProcess:
+                memory = process.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            peaks[kind] = max(peaks.get(kind, 0), rss)
+            peaks[kind] = max(peaks.get(kind, 0), memory.rss)
+            private[kind] = max(private.get(kind, 0), memory.uss)
 
 
 def measure(manifest: Path, model: str, out: Path) -> dict:
@@ -79,8 +82,9 @@ def measure(manifest: Path, model: str, out: Path) -> dict:
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
     peaks: dict[str, int] = {}
+    private: dict[str, int] = {}
     stop = threading.Event()
-    watcher = threading.Thread(target=sample, args=(child.pid, peaks, stop), daemon=True)
+    watcher = threading.Thread(target=sample, args=(child.pid, peaks, private, stop), daemon=True)
     watcher.start()
     output, _ = child.communicate()
     stop.set()
@@ -88,7 +92,7 @@ def measure(manifest: Path, model: str, out: Path) -> dict:
     seconds = time.perf_counter() - started
     summary = json.loads(output.strip().splitlines()[-1]) if child.returncode in (0, 1) else {}
     return {"seconds": seconds, "summary": summary, "peaks_mib": {k: v / 2**20 for k, v in peaks.items()},
-            "returncode": child.returncode}
+            "private_peaks_mib": {k: v / 2**20 for k, v in private.items()}, "returncode": child.returncode}
 
 
 def main() -> None:
@@ -104,12 +108,15 @@ def main() -> None:
         results[rows] = found = measure(manifest, args.model, work)
         s = found["summary"]
         print(f"{rows:>9} rows: {found['seconds']:.0f} s, accepted {s.get('accepted')}, rejected {s.get('rejected')}, "
-              f"peak RSS " + ", ".join(f"{k} {v:.0f} MiB" for k, v in sorted(found["peaks_mib"].items())), flush=True)
+              f"peak RSS / USS " + ", ".join(f"{k} {v:.0f} / {found['private_peaks_mib'].get(k, float('nan')):.0f} MiB"
+                                             for k, v in sorted(found["peaks_mib"].items())), flush=True)
     kinds = sorted({k for r in results.values() for k in r["peaks_mib"]})
-    print("\n| rows | seconds | " + " | ".join(f"{k} peak MiB" for k in kinds) + " |")
+    print("\npeak RSS / private (USS) MiB")
+    print("| rows | seconds | " + " | ".join(kinds) + " |")
     print("|---|---|" + "---|" * len(kinds))
     for rows, found in results.items():
-        cells = " | ".join(f"{found['peaks_mib'].get(k, float('nan')):.0f}" for k in kinds)
+        cells = " | ".join(f"{found['peaks_mib'].get(k, float('nan')):.0f} / "
+                           f"{found['private_peaks_mib'].get(k, float('nan')):.0f}" for k in kinds)
         print(f"| {rows:,} | {found['seconds']:.0f} | {cells} |")
     (work / "results.json").write_text(json.dumps(results, indent=1))
 

@@ -1,8 +1,8 @@
 """`ray-asr finetune` on a real local Ray (2 CPU workers), real DeepSpeed (gloo, CPU), configs/smoke.yaml.
 
 Each test is one or two whole runs of the smoke config (one to two minutes each on 2 cores):
-ZeRO-0 with frozen depth, ZeRO-2 through a worker kill (and, in the extended set, a driver kill), ZeRO-3
-with LoRA, and a grown model on a few rows stopped early.
+ZeRO-0 with frozen depth, ZeRO-3 minimum-WER training through a NaN batch and a worker killed mid-save (and,
+in the extended set, ZeRO-2 through a driver kill), ZeRO-3 with LoRA, and a grown model on a few rows stopped early.
 """
 
 from __future__ import annotations
@@ -137,23 +137,26 @@ def test_two_workers_of_one_cpu_each_on_two_cpus_stop_within_a_minute_with_one_l
     assert "need 2.9 CPUs, this machine has 2" in errors[0] and "would fit: scaling.num_workers=1" in errors[0]
 
 
-def test_zero2_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_path):
+def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_path):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    # One epoch (8 batches, checkpoints every 2 steps): step 3's first batch gives a NaN loss (skipped: the
-    # epoch ends at step 7); rank 1 dies while copying step 4's checkpoint, leaving it torn: the group is
-    # replaced and resumes from step 2 (not the torn 4), and writes step 4 again, whole.
-    run = _cli(out, "train.eval_every_steps=2", "train.fail_nan_at_step=3", "train.fail_during_save=4",
-               "train.epochs=1", log=log)
+    # One epoch (8 batches, checkpoints every 2 steps) of minimum-WER training under ZeRO-3: every step decodes
+    # each clip's N-best with the model being trained, both ranks stepping the decoder together. Step 3's first
+    # batch gives a NaN loss (skipped: the epoch ends at step 7); rank 1 dies while copying step 4's checkpoint,
+    # leaving it torn: the group is replaced and resumes from step 2 (not the torn 4), and writes step 4 again,
+    # whole. No evaluation splits: the untrained tiny model decodes to its token limits, and evaluation in
+    # lock-step is the LoRA run's subject below.
+    run = _cli(out, "train.deepspeed.stage=3", "train.objective=mwer", "train.mwer.n_best=2", "train.eval_every_steps=2",
+               "train.fail_nan_at_step=3", "train.fail_during_save=4", "train.epochs=1", "data.eval=null", log=log)
     assert run.wait(timeout=500) == 0, log.read_text()[-4000:]
     text = log.read_text()
+    assert "ZeRO-3" in text
     assert re.search(r"non-finite loss at step 3 \(rows: \S+", text), text[-3000:]
     assert "update skipped (1 of train.max_nan_steps=10)" in text
     assert "fault injection: rank 1 tears the checkpoint at step 4 and exits" in text  # the smoke config's 2 ranks
     assert "resumed from checkpoint at step 2 " in text
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["step"] == 7 and 0 < summary["steps_run"] < 7
-    losses = _losses(out)
-    assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
+    assert all(np.isfinite(_losses(out))) and (out / "model" / "model.safetensors").exists()
     from ray_asr import checkpoint
 
     kept = sorted((out / "checkpoints" / "finetune").glob("step-*"))
@@ -233,22 +236,6 @@ def test_zero3_lora_evaluates_in_lockstep_and_merged_export_equals_adapter(tmp_p
             input_features=features, decoder_input_ids=decoder).logits
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
     assert not torch.allclose(a, untrained, atol=1e-3)  # the adapters did change the model
-
-
-def test_zero3_mwer_decodes_in_lockstep_checkpoints_and_resumes(tmp_path):
-    # Minimum-WER training decodes each batch's N-best with the model being trained: under ZeRO-3 both ranks step
-    # the decoder together (synced generation) every optimizer step. Rank 1 dies at step 3; the group resumes
-    # from step 2's checkpoint and finishes the epoch (8 steps). No evaluation splits: the untrained tiny model
-    # decodes to its token limits, and evaluation in lock-step is the LoRA run's subject above.
-    out, log = tmp_path / "run", tmp_path / "run.log"
-    run = _cli(out, "train.deepspeed.stage=3", "train.objective=mwer", "train.mwer.n_best=2", "train.epochs=1",
-               "train.eval_every_steps=2", "train.fail_at_step=3", "data.eval=null", log=log)
-    assert run.wait(timeout=500) == 0, log.read_text()[-4000:]
-    text = log.read_text()
-    assert "ZeRO-3" in text and "resumed from checkpoint at step 2 " in text, text[-3000:]
-    summary = json.loads((out / "metrics.json").read_text())
-    assert summary["step"] == 8 and 0 < summary["steps_run"] < 8, summary
-    assert all(np.isfinite(_losses(out))) and (out / "model" / "model.safetensors").exists()
 
 
 def test_ctrl_c_stops_a_run_with_one_line_and_exit_130(tmp_path):
