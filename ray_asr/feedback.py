@@ -5,7 +5,8 @@
 The person adds to each row either `correction` (the right transcript: it trains as the reference) or
 `rating` (-1 .. 1: it weights the model's own hypothesis, up or down), e.g. in a spreadsheet, and
 fine-tunes with `data.feedback: FILE` (`train.objective: ce` or `mwer`). A row given neither is rejected
-as `missing_keys` and quarantined like any bad row. `with_reference` writes the manifest's own transcript
+as `missing_keys` ("judge it or delete it") and quarantined like any bad row, never trained on: delete the
+rows left unjudged, or they count against `data.max_rejected_fraction`. `with_reference` writes the manifest's own transcript
 as the correction: a stand-in for the person, to check the loop end to end.
 """
 
@@ -77,6 +78,6 @@ def run(model_dir: str, paths: list[str], out: str, language: str | None = None,
             progress.update(len(chunk))
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    print(f"wrote {len(rows)} rows to {out}: give each a `correction` or a `rating` (-1 .. 1), then fine-tune with "
-          f"data.feedback={out}")
+    print(f"wrote {len(rows)} rows to {out}: give each a `correction` or a `rating` (-1 .. 1), or delete it, then "
+          f"fine-tune with data.feedback={out}")
     return failed

@@ -264,7 +264,9 @@ class Objective:
         loss = -logp.sum() / count.sum().clamp(min=1) * (self.cfg.mwer.ce_weight if self.mwer else 1.0)
         if rows:
             hypothesis = labels[rows].clone()
-            hypothesis[:, : evaluate.LABEL_PREFIX] = IGNORE_INDEX  # the prompt is not the rated transcript
+            starts = (hypothesis != IGNORE_INDEX).int().argmax(dim=1).tolist()  # after any masked previous-text prompt
+            for i, start in enumerate(starts):  # the language and task tokens are not the rated transcript
+                hypothesis[i, start : start + evaluate.LABEL_PREFIX] = IGNORE_INDEX
             advantages = self.baseline.advantages([float(batch["rating"][i]) for i in rows])
             loss = loss + reinforce_loss(length_normalised(batch_logits[rows], hypothesis, 1.0), advantages)
         if hyps is not None:

@@ -198,13 +198,15 @@ def test_feedback_rows_read_corrections_as_references_and_ratings_as_weights(tmp
     rows = [{"audio": "a.wav", "hypothesis": "the patient", "correction": "the patient's"},
             {"audio": "b.wav", "hypothesis": "was given", "rating": -0.5},
             {"audio": "c.wav", "hypothesis": "x", "rating": 2},
-            {"audio": "d.wav", "text": "plain", "hypothesis": "ignored", "rating": 1}]
+            {"audio": "d.wav", "text": "plain", "hypothesis": "ignored", "rating": 1},
+            {"audio": "e.wav", "hypothesis": "not judged yet"}]
     path = tmp_path / "feedback.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     read = sources.read_all(path)
     assert [(r["text"], r["rating"]) for r in read[:2]] == [("the patient's", None), ("was given", -0.5)]
     assert read[2]["error"] == "missing_keys" and "rating is 2" in read[2]["error_detail"]
     assert (read[3]["text"], read[3]["rating"]) == ("plain", None)  # a reference wins over a rating
+    assert read[4]["error"] == "missing_keys" and "neither correction nor rating" in read[4]["error_detail"]
 
 
 def test_feedback_config_trains_on_the_file_or_mixes_it_in_and_errors_name_the_field():
@@ -232,7 +234,7 @@ def test_feedback_command_writes_rows_a_person_corrects_and_training_reads_back(
     assert [Path(r["audio"]).name for r in written] == ["c0.wav", "c1.wav"]
     assert [r["correction"] for r in written] == ["ka tu", "ti"] and all(isinstance(r["hypothesis"], str) for r in written)
     assert [r["text"] for r in sources.read_all(out)] == ["ka tu", "ti"]  # corrections train as references
-    assert "give each a `correction` or a `rating`" in capsys.readouterr().out
+    assert "give each a `correction` or a `rating` (-1 .. 1), or delete it" in capsys.readouterr().out
     # Audio files: hypotheses only, for a person to judge; --with-reference has nothing to take.
     plain = tmp_path / "plain.jsonl"
     assert main(["feedback", str(tiny_model), str(tmp_path / "c0.wav"), "--out", str(plain)]) == 0

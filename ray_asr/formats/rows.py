@@ -85,6 +85,9 @@ def from_record(shard: Shard, number: int, raw: str, record: dict, audio_root: P
             return raw_row(shard, number, raw, error="missing_keys", error_detail=f"rating is {rating!r}, not a number "
                                                                                    f"in [-1, 1]")
         fields["rating"] = float(rating)
+    if text_key is None and "hypothesis" in record:  # written by `ray-asr feedback`, not judged yet
+        return raw_row(shard, number, raw, error="missing_keys", error_detail="feedback row has neither correction nor "
+                                                                              "rating: judge it or delete it")
     missing = [name for name, key in (("audio", audio_key), ("text", text_key)) if key is None]
     if missing:
         return raw_row(shard, number, raw, error="missing_keys", error_detail=f"row has no {' or '.join(missing)} key")
