@@ -54,11 +54,19 @@ def generate(model, limits: list[int], eos_token_id: int, synced_gpus: bool = Fa
     skip = PROMPT_TOKENS + (len(prompt_ids) if prompt_ids is not None else 0)
     ids, runaway = [], []
     for row, limit in zip(out.sequences[:, skip:].tolist(), limits, strict=True):
-        row = row[:limit]
-        stop = row.index(eos_token_id) if eos_token_id in row else None
-        ids.append(row[:stop])
-        runaway.append(stop is None)
+        text, ran = cut(row, limit, eos_token_id)
+        ids.append(text)
+        runaway.append(ran)
     return ids, runaway
+
+
+def cut(generated: list[int], limit: int, eos_token_id: int) -> tuple[list[int], bool]:
+    """A clip's generated tokens (after its prompt) within its token limit, cut at end-of-text, and whether it
+    ran away (no end-of-text within the limit)."""
+    row = generated[:limit]
+    if eos_token_id in row:
+        return row[: row.index(eos_token_id)], False
+    return row, True
 
 
 def rows(tokenizer, ids: list[list[int]], runaway: list[bool], references: list[str], row_ids: list[str]) -> list[dict]:

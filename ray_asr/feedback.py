@@ -6,8 +6,8 @@ The person adds to each row either `correction` (the right transcript: it trains
 `rating` (-1 .. 1: it weights the model's own hypothesis, up or down), e.g. in a spreadsheet, and
 fine-tunes with `data.feedback: FILE` (`train.objective: ce` or `mwer`). A row given neither is rejected
 as `missing_keys` ("judge it or delete it") and quarantined like any bad row, never trained on: delete the
-rows left unjudged, or they count against `data.max_rejected_fraction`. `with_reference` writes the manifest's own transcript
-as the correction: a stand-in for the person, to check the loop end to end.
+rows left unjudged, or they count against `data.max_rejected_fraction`. `with_reference` writes the
+manifest's own transcript as the correction: a stand-in for the person, to check the loop end to end.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ def inputs(paths: list[str]) -> tuple[list[tuple[str, np.ndarray, str | None]], 
     found, failed = [], 0
     if len(paths) == 1:
         try:
-            sources.plan(paths[0])
-        except SourceError:
+            rows = sources.read_all(paths[0])
+        except SourceError:  # an audio file is no source format
             if Path(paths[0]).is_dir() or not Path(paths[0]).exists():
                 raise
         else:
-            for row in sources.read_all(paths[0]):
+            for row in rows:
                 try:
                     if row["error"]:
                         raise Rejected(row["error"], row["error_detail"])

@@ -110,11 +110,16 @@ def languages_of(tokenizer: LabelTokenizer, label_rows, default: str) -> str | l
     return codes[0] if len(set(codes)) == 1 else codes
 
 
-def encode(tokenizer: LabelTokenizer, text: str, language: str | None = None) -> list[int]:
-    """Label ids for one transcript, ending in end-of-text, without the start token; `language` (a row's own)
+def prefix(tokenizer: LabelTokenizer, language: str | None = None) -> tuple[int, ...]:
+    """The language, task and no-timestamps tokens that start a transcript's labels; `language` (a row's own)
     replaces the tokenizer's language token."""
-    prefix = tokenizer.prefix if not language else (language_token(tokenizer, language), *tokenizer.prefix[1:])
-    return [*prefix, *tokenizer.backend.encode(text, add_special_tokens=False).ids, tokenizer.eos_token_id]
+    return tokenizer.prefix if not language else (language_token(tokenizer, language), *tokenizer.prefix[1:])
+
+
+def encode(tokenizer: LabelTokenizer, text: str, language: str | None = None) -> list[int]:
+    """Label ids for one transcript, ending in end-of-text, without the start token (`prefix` first)."""
+    return [*prefix(tokenizer, language), *tokenizer.backend.encode(text, add_special_tokens=False).ids,
+            tokenizer.eos_token_id]
 
 
 def timestamp_token(tokenizer: LabelTokenizer, seconds: float) -> int:

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import BaseModelOutput
 
 from ray_asr import evaluate, metrics
 from ray_asr.collate import IGNORE_INDEX
-from ray_asr.labels import languages_of
+from ray_asr.labels import languages_of, prefix
 
 RATING_BASELINE_DECAY = 0.9  # the ratings' running mean forgets with a half-life of ~7 rated rows
 
@@ -52,14 +52,12 @@ def nbest(model, tokenizer, labels: torch.Tensor, language: str, n: int, samplin
     from transformers import GenerationMixin
 
     from ray_asr.encoder import whisper_of
-    from ray_asr.labels import language_token
 
     codes = languages_of(tokenizer, labels, language)
     codes = [codes] * len(labels) if isinstance(codes, str) else codes
     whisper = whisper_of(model)
     start = whisper.config.decoder_start_token_id
-    prompt = torch.tensor([[start, language_token(tokenizer, code), *tokenizer.prefix[1:]] for code in codes],
-                          device=hidden.device)
+    prompt = torch.tensor([[start, *prefix(tokenizer, code)] for code in codes], device=hidden.device)
     options = ({"do_sample": True, "temperature": temperature, "top_k": 0, "num_beams": 1} if sampling == "sample"
                else {"do_sample": False, "num_beams": n})
     device = hidden.device
@@ -74,15 +72,13 @@ def nbest(model, tokenizer, labels: torch.Tensor, language: str, n: int, samplin
     seen: set[tuple[int, tuple[int, ...]]] = set()
     for i, row in enumerate(out.sequences.tolist()):
         clip = i // n
-        text = row[width:][: limits[clip]]
-        stop = text.index(eos) if eos in text else None
-        text = text[:stop]
+        text, ran = evaluate.cut(row[width:], limits[clip], eos)
         if (clip, tuple(text)) in seen:
             continue
         seen.add((clip, tuple(text)))
-        found.sequences.append(row[:width] + text + ([] if stop is None else [eos]))
+        found.sequences.append(row[:width] + text + ([] if ran else [eos]))
         found.text_ids.append(text)
-        found.stopped.append(stop is not None)
+        found.stopped.append(not ran)
         found.owner.append(clip)
     return found
 
@@ -226,12 +222,14 @@ class Objective:
     def applies(self, batch: dict) -> bool:
         return self.mwer or bool(rated(batch))
 
-    def loss(self, engine, hidden: torch.Tensor, batch: dict, real: bool, synced: bool, agree_max, step: int,
-             generator_model) -> torch.Tensor:
-        """`hidden`: the encoder's output for the batch (with gradient where the encoder trains); `agree_max`
-        makes every rank decode as long (ZeRO-3 steps in lock-step); `generator_model` decodes the N-best."""
+    def loss(self, engine, hidden: torch.Tensor, batch: dict, real: bool, synced: bool, agree_max,
+             step: int) -> torch.Tensor:
+        """`engine`: DeepSpeed's (its `module` decodes the N-best) or the model itself; `hidden`: the encoder's
+        output for the batch (with gradient where the encoder trains); `agree_max` makes every rank decode as
+        long (ZeRO-3 steps in lock-step)."""
         from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
+        generator_model = getattr(engine, "module", engine)
         labels = batch["labels"]
         pad, start = self.tokenizer.eos_token_id, generator_model.config.decoder_start_token_id
         decoder_inputs = batch.get("decoder_input_ids")

@@ -369,8 +369,7 @@ class Worker:
         if self.objective.applies(batch):
             hidden = (inputs["encoder_outputs"].last_hidden_state if "encoder_outputs" in inputs
                       else whisper_of(self.engine.module).get_encoder()(**inputs).last_hidden_state)
-            loss = self.objective.loss(self.engine, hidden, batch, real, self.synced, self._agree_max, self.state.step,
-                                       self.engine.module)
+            loss = self.objective.loss(self.engine, hidden, batch, real, self.synced, self._agree_max, self.state.step)
         else:
             prompted = {"decoder_input_ids": batch["decoder_input_ids"]} if "decoder_input_ids" in batch else {}
             loss = self.engine(**inputs, **prompted, labels=batch["labels"], use_cache=False).loss

@@ -143,7 +143,7 @@ def test_a_rating_s_sign_decides_whether_its_hypothesis_becomes_more_or_less_lik
     assert objective.applies(batch) and reward.rated(batch) == [0]
     hidden = _hidden(model, seed=2)
     before = _hypothesis_log_prob(model, tokenizer, hidden, "ka tu ra")
-    _steps(model, lambda: objective.loss(model, hidden, batch, True, False, lambda n: n, 0, model), n=1, lr=0.1)
+    _steps(model, lambda: objective.loss(model, hidden, batch, True, False, lambda n: n, 0), n=1, lr=0.1)
     after = _hypothesis_log_prob(model, tokenizer, hidden, "ka tu ra")
     assert (after - before) * rating > 0, (before, after)
 
@@ -155,7 +155,7 @@ def test_corrections_train_as_references_and_rated_rows_never_as_references(mode
     hidden = _hidden(model, seed=3, clips=2)
     batch = _feedback_batch(tokenizer, ["ka tu", "ti ko ra"], [None, 0.0])
     with torch.no_grad():
-        loss = objective.loss(model, hidden, batch, True, False, lambda n: n, 0, model)
+        loss = objective.loss(model, hidden, batch, True, False, lambda n: n, 0)
         from transformers.modeling_outputs import BaseModelOutput
 
         alone = model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[:1]), labels=batch["labels"][:1]).loss
@@ -173,14 +173,14 @@ def test_mwer_objective_decodes_an_nbest_and_gives_a_finite_loss_with_gradients(
     objective = _objective(tokenizer, "mwer", n_best=3, sampling="sample", temperature=1.0)
     batch = _feedback_batch(tokenizer, ["ka tu", "ti ko ra"], [None, None])
     hidden = _hidden(model, seed=4, clips=2)
-    loss = objective.loss(model, hidden, batch, True, False, lambda n: n, 5, model)
+    loss = objective.loss(model, hidden, batch, True, False, lambda n: n, 5)
     loss.backward()
     assert torch.isfinite(loss)
     decoder = model.model.decoder.layers[0].fc1.weight.grad
     assert decoder is not None and decoder.abs().sum() > 0 and model.training
     # The same step and seed sample the same N-best; another step, another.
     again = _objective(tokenizer, "mwer", n_best=3, sampling="sample", temperature=1.0)
-    assert again.loss(model, hidden, batch, True, False, lambda n: n, 5, model).item() == pytest.approx(loss.item())
+    assert again.loss(model, hidden, batch, True, False, lambda n: n, 5).item() == pytest.approx(loss.item())
 
 
 def test_a_beam_nbest_has_n_distinct_hypotheses_per_clip_each_with_its_prompt(model, tokenizer):
