@@ -66,7 +66,7 @@ def curve(cfg: Config, ks: list[int]) -> list[dict]:
 
 def row(k: int, summary: dict, base: dict) -> dict:
     """One point: the exported model's in-domain and general WER, and their change from the base's."""
-    found = {"k": k, "steps": summary.get("steps_run"), "exported_step": summary.get("step"),
+    found = {"k": k, "steps": summary.get("last_step"), "exported_step": summary.get("step"),
              "wer": summary.get("eval", {}).get("wer"), "general_wer": summary.get("general_eval", {}).get("wer")}
     found["wer_relative_change"] = (found["wer"] / base["wer"] - 1) if found["wer"] is not None and base.get("wer") else None
     general_base = base.get(metrics.key("general_eval", "wer"))

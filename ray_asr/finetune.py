@@ -174,6 +174,8 @@ def collect(cfg: Config, final_checkpoint, steps_run: int | None) -> dict:
     final = next((row for row in reversed(history) if row["step"] == exported_step), history[-1])
     summary = {split: metrics.of_split(final, split) for split in EVAL_SPLITS if metrics.key(split, "wer") in final}
     summary["step"], summary["epoch"], summary["steps_run"] = final["step"], final["epoch"], steps_run
+    # Steps trained in all, resumed parts included (`steps_run` counts this invocation's only, 0 for a finished run).
+    summary["last_step"] = history[-1]["step"]
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "history.json").write_text(json.dumps(history, indent=1))
     plots.training_curves(history, out / "training.png")

@@ -39,8 +39,11 @@ def test_ks_parse_sorted_and_bad_ones_name_the_flag():
 
 def test_curve_rows_table_and_plot(tmp_path):
     base = {"wer": 0.6, "general_wer": 0.10}
-    rows = [fewshot.row(8, {"steps_run": 10, "step": 4, "eval": {"wer": 0.45}, "general_eval": {"wer": 0.105}}, base),
-            fewshot.row(32, {"steps_run": 40, "step": 40, "eval": {"wer": 0.3}, "general_eval": {"wer": 0.11}}, base)]
+    # k = 32 finished in an earlier invocation: this one ran no step, yet the row counts the 40 it trained.
+    rows = [fewshot.row(8, {"steps_run": 10, "last_step": 10, "step": 4, "eval": {"wer": 0.45},
+                            "general_eval": {"wer": 0.105}}, base),
+            fewshot.row(32, {"steps_run": 0, "last_step": 40, "step": 40, "eval": {"wer": 0.3},
+                             "general_eval": {"wer": 0.11}}, base)]
     assert rows[1]["wer_relative_change"] == pytest.approx(-0.5)
     assert rows[1]["general_wer_change"] == pytest.approx(0.01)
     fewshot.write(rows, base, tmp_path)

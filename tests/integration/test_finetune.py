@@ -155,7 +155,7 @@ def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_p
     assert "fault injection: rank 1 tears the checkpoint at step 4 and exits" in text  # the smoke config's 2 ranks
     assert "resumed from checkpoint at step 2 " in text
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["step"] == 7 and 0 < summary["steps_run"] < 7
+    assert summary["step"] == summary["last_step"] == 7 and 0 < summary["steps_run"] < 7  # resumed: fewer run than trained
     assert all(np.isfinite(_losses(out))) and (out / "model" / "model.safetensors").exists()
     from ray_asr import checkpoint
 
@@ -278,7 +278,7 @@ def test_few_rows_on_a_grown_model_stop_early_and_export_the_best(tmp_path):
     assert history[0]["step"] == 0 and len(history) == 2, history  # stopped at its first evaluation
     assert history[1]["eval_loss"] > history[0]["eval_loss"] and history[1]["epoch"] == 1
     assert history[1]["step"] >= 2  # 8 picked rows and a seeded share near 2 rehearsed, 4 a step
-    assert summary["step"] == 0 and summary["steps_run"] == history[1]["step"]  # the export is the start's
+    assert summary["step"] == 0 and summary["steps_run"] == summary["last_step"] == history[1]["step"]  # the export is the start's
     grown = load_file(out / grow.GROWN_FOLDER / "model.safetensors")
     exported = load_file(out / "model" / "model.safetensors")
     assert json.loads((out / "model" / "config.json").read_text())["decoder_layers"] == 3
