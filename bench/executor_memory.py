@@ -27,7 +27,7 @@ import ray
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from data_scale import make_manifest  # the same manifests, so the two benches compare
 
-from ray_asr import cluster, config, data, validate
+from ray_asr import cluster, data, validate
 
 MALLINFO2_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
                     "keepcost")  # glibc's `struct mallinfo2`, summed over every arena
@@ -71,12 +71,13 @@ def main() -> None:
     manifest = make_manifest(work, args.rows)
     os.environ["RAY_ADDRESS"] = ""  # a local Ray of this script's own, never a cluster someone else uses
     cluster.connect(None, log_to_driver=False)
-    cfg = config.from_dict({"model": {"name_or_path": args.model},
-                            "data": {"train": str(manifest), "prepare_batch_size": validate.VALIDATE_BATCH}})
     sink = data.open_sink(work / f"{manifest.stem}.quarantine.jsonl")
     ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = data.build_dataset(cfg, "train", sink, enforce_limit=False)
-    seconds, readings = ray.get(_drain_and_read.remote(dataset, args.every))
+    dataset = data.build_dataset(validate.source_config(str(manifest), args.model), "train", sink, enforce_limit=False)
+    try:
+        seconds, readings = ray.get(_drain_and_read.remote(dataset, args.every))
+    finally:
+        ray.get(sink.close.remote())
     print(f"{args.rows:,} rows in {seconds:.0f} s; the executor's process, MiB:")
     print("| rows consumed | USS | malloc in use | malloc retained (freed, kept) |")
     print("|---|---|---|---|")

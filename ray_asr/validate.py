@@ -43,14 +43,20 @@ def validate_source(source: str, tokenizer_dir: str, quarantine: str | None = No
 
     Returns `{"rows", "accepted", "rejected", "reasons", "hours"}`; rejected rows go to `quarantine`.
     """
-    cfg = config.from_dict({"model": {"name_or_path": tokenizer_dir, "language": language},
-                            "data": {"train": source, "max_duration_s": max_duration_s,
-                                     "prepare_batch_size": VALIDATE_BATCH}})
+    cfg = source_config(source, tokenizer_dir, language, max_duration_s)
     sink = data.open_sink(quarantine)
     try:
         return validate_split(cfg, "train", sink, enforce_limit=False)
     finally:
         ray.get(sink.close.remote())
+
+
+def source_config(source: str, tokenizer_dir: str, language: str = "en", max_duration_s: float = 30.0) -> config.Config:
+    """The config `validate_source` streams `source` with: `source` as the training split, `VALIDATE_BATCH` rows a
+    decode call (`bench/executor_memory.py` measures the same pipeline through it)."""
+    return config.from_dict({"model": {"name_or_path": tokenizer_dir, "language": language},
+                             "data": {"train": source, "max_duration_s": max_duration_s,
+                                      "prepare_batch_size": VALIDATE_BATCH}})
 
 
 def format_table(summary: dict) -> str:
