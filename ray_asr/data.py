@@ -1,8 +1,8 @@
 """The Ray Data pipeline: read → decode/resample/validate/tokenise → (augment) → trainers.
 
-    source shards ──read tasks──► raw rows ──Preparer actors──► waveform + labels ──Augmenter actors──► trainers
-                                                 │               (data.preprocess)    (train split only)
-                                                 └── rejected rows ──► QuarantineSink actor ──► quarantine.jsonl
+    source shards ──read tasks──► pieces ──Preparer actors──► waveform + labels ──Augmenter actors──► trainers
+                                  (read rows, decode...)  │   (data.preprocess)    (train split only)
+                                                          └── rejected rows ──► QuarantineSink actor ──► quarantine.jsonl
 
 Nothing is materialised: the dataset streams block by block into `TorchTrainer(datasets=...)`
 workers (split by `ray_asr.ingest`), who read their share with `ray.train.get_dataset_shard` and turn
@@ -17,6 +17,7 @@ import json
 import math
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,21 @@ class TooManyRejected(RuntimeError):
     """More of a split was quarantined than `data.max_rejected_fraction` allows."""
 
 
+PIECE_SCHEMA = pa.schema([
+    ("part", pa.int32()),  # index into `ManifestDatasource.parts`: a shard, its repeat and share
+    ("piece", pa.int32()),  # which of the part's even slices of rows
+    ("pieces", pa.int32()),  # how many slices the part is read in
+])
+
+
 class ManifestDatasource(Datasource):
-    """A planned source (see `ray_asr.sources`) as a Ray Data datasource: one read task per shard.
+    """A planned source (see `ray_asr.sources`) as a Ray Data datasource of *pieces*, not rows.
+
+    A read task emits one piece (a part of the plan and which slice of its rows); the decode actor that takes it
+    reads those rows itself (`rows`). Reading rows in read tasks let them run ahead of decoding, and the rows
+    waiting for an actor sat in the heap of the process that runs Ray Data's executor: ~240 bytes each, 100-180
+    MiB at a million rows (BENCHMARKS.md, "Where the executor's memory goes"). Pieces are a few bytes, about
+    `num_blocks` of them (`MAX_BLOCKS` at most, or one per part), so that process holds the same whatever the rows.
 
     `mix` (`data.mix`: `[{manifest, weight}]`) adds other sets' shards, interleaved evenly with the source's
     so the mixed rows spread over the epoch; each keeps a seeded share of its rows (`weight` per source row),
@@ -107,25 +121,41 @@ class ManifestDatasource(Datasource):
             mixed_tasks += [(shard, r, keep) for r in range(repeats) for shard in shards]
             self.num_rows = (self.num_rows or 0) + round(wanted)
         self.parts = _interleave(self.parts, mixed_tasks)
+        source_shards = {id(shard) for shard in self.shards}
+        # The source's parts (not a mixed set's, even one of the same file): `only` applies to them.
+        self.own = frozenset(i for i, (shard, _, _) in enumerate(self.parts) if id(shard) in source_shards)
         self.seed = seed
 
     def estimate_inmemory_data_size(self) -> int | None:
         return None
 
+    def pieces(self, blocks: int) -> list[tuple[int, int, int]]:
+        """(part, piece, pieces) for about `blocks` pieces: each part that `sources.splits` in even slices, the rest
+        whole."""
+        splitting = [sources.splits(shard) for shard, _, _ in self.parts]
+        per_part = max(1, math.ceil((blocks - splitting.count(False)) / max(splitting.count(True), 1)))
+        return [(part, piece, count) for part, split in enumerate(splitting)
+                for count in [per_part if split else 1] for piece in range(count)]
+
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list[ReadTask]:
-        seed, only, own = self.seed, self.only, {id(shard) for shard in self.shards}
+        def task(piece: tuple[int, int, int]) -> ReadTask:
+            shard = self.parts[piece[0]][0]
+            meta = BlockMetadata(num_rows=1, size_bytes=None, exec_stats=None, input_files=(shard.path,))
+            block = pa.Table.from_pylist([dict(zip(PIECE_SCHEMA.names, piece))], schema=PIECE_SCHEMA)
+            return ReadTask(lambda: [block], meta, schema=PIECE_SCHEMA, per_task_row_limit=per_task_row_limit)
 
-        def task(shard: sources.Shard, repeat: int, keep: float) -> ReadTask:
-            meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(shard.path,))
-            if only is not None and id(shard) in own:
-                read = lambda: [_subset(sources.read_shard(shard), only)]
-            elif keep == 1.0 and repeat == 0:
-                read = lambda: [sources.read_shard(shard)]
-            else:
-                read = lambda: [_mixed_share(sources.read_shard(shard), repeat, keep, seed)]
-            return ReadTask(read, meta, schema=sources.RAW_SCHEMA, per_task_row_limit=per_task_row_limit)
+        return [task(piece) for piece in self.pieces(parallelism)]
 
-        return [task(*part) for part in self.parts]
+    def rows(self, part: int, piece: int = 0, pieces: int = 1) -> pa.Table:
+        """The raw rows (`sources.RAW_SCHEMA`) of one piece of one part: its slice of the shard, kept by
+        `data.train_rows`' pick or the mixed set's share."""
+        shard, repeat, keep = self.parts[part]
+        table = sources.read_shard(shard, piece, pieces)
+        if self.only is not None and part in self.own:
+            return _subset(table, self.only)
+        if keep == 1.0 and repeat == 0:
+            return table
+        return _mixed_share(table, repeat, keep, self.seed)
 
 
 def _subset(table: pa.Table, only: frozenset) -> pa.Table:
@@ -221,10 +251,16 @@ class QuarantineSink:
 
 
 class Preparer:
-    """Ray Data stage (a callable class, so each actor loads the tokenizer once)."""
+    """Ray Data stage (a callable class, so each actor loads the tokenizer once): pieces in, prepared rows out.
 
-    def __init__(self, model_dir: str, language: str, task: str, max_duration_s: float, wire_dtype: str, sink,
-                 split: str, preprocess: list | None = None, seed: int = 0, timestamps: float = 0.0):
+    Each call takes one piece of `plan` (`PIECE_SCHEMA`), reads its rows and yields them prepared, `batch_rows` at
+    a time, each batch's outcome recorded with the sink before the next is decoded.
+    """
+
+    def __init__(self, plan: ManifestDatasource, batch_rows: int, model_dir: str, language: str, task: str,
+                 max_duration_s: float, wire_dtype: str, sink, split: str, preprocess: list | None = None,
+                 seed: int = 0, timestamps: float = 0.0):
+        self.plan, self.batch_rows = plan, batch_rows
         self.tokenizer = labels.load_tokenizer(model_dir, language, task)
         if timestamps and self.tokenizer.timestamp_begin is None:
             raise ValueError(f"data.labels.timestamps: {model_dir}'s tokenizer has no timestamp tokens")
@@ -237,11 +273,19 @@ class Preparer:
 
             self.preprocess = augment.build(preprocess)
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
+        for piece in batch.to_pylist():
+            rows = self.plan.rows(piece["part"], piece["piece"], piece["pieces"]).to_pylist()
+            last_said: dict[str, str] = {}  # speaker → their latest transcript in this piece (manifest order)
+            for start in range(0, len(rows), self.batch_rows):
+                yield self.prepare(rows[start : start + self.batch_rows], last_said)
+
+    def prepare(self, rows: list[dict], last_said: dict[str, str]) -> pa.Table:
+        """Raw rows (`sources.RAW_SCHEMA`) decoded, validated and tokenised; the rejected ones sent to the sink.
+        `last_said` (speaker → their latest transcript) carries the previous-text context from batch to batch."""
         out = {name: [] for name in PREPARED_SCHEMA.names}
         accepted, rejected = [], []
-        last_said: dict[str, str] = {}  # speaker → their latest transcript in this batch (manifest order)
-        for row in batch.to_pylist():
+        for row in rows:
             try:
                 made = []
                 for example in examples(row, self.tokenizer, self.max_duration_s):
@@ -320,19 +364,20 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     limit = cfg.data.max_rejected_fraction if enforce_limit else None
     ray.get(sink.register.remote(split, datasource.num_rows, limit))
     tier = {"resources": cfg.data.augment_resources} if cfg.data.augment_resources else {}
-    ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier,
-                                  override_num_blocks=num_blocks(datasource.num_rows, len(datasource.parts),
-                                                                 cfg.data.prepare_batch_size))
+    pieces = len(datasource.pieces(num_blocks(datasource.num_rows, len(datasource.parts), cfg.data.prepare_batch_size)))
+    # As many blocks as pieces: one read task each, no split of their one-row blocks.
+    ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier, override_num_blocks=pieces)
     ds = ds.map_batches(
         Preparer,
         fn_constructor_kwargs={
+            "plan": datasource, "batch_rows": cfg.data.prepare_batch_size,
             "model_dir": model_dir or cfg.model.name_or_path, "language": cfg.model.language,
             "task": cfg.model.task, "max_duration_s": cfg.data.max_duration_s, "wire_dtype": cfg.data.wire_dtype,
             "sink": sink, "split": split, "preprocess": cfg.data.preprocess, "seed": cfg.train.seed,
             # Evaluation keeps <|notimestamps|>: its WER is comparable from run to run.
             "timestamps": cfg.data.labels.timestamps if split == "train" else 0.0,
         },
-        batch_size=cfg.data.prepare_batch_size,
+        batch_size=1,  # one piece a call: pieces are what spreads the rows over the actors
         batch_format="pyarrow",
         compute=_actor_pool(cfg.data.prepare_concurrency, actor_cpus(cfg.data.prepare_num_cpus)),
         num_cpus=actor_cpus(cfg.data.prepare_num_cpus),

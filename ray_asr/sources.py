@@ -14,17 +14,22 @@ This module tells the formats apart, reads plain manifests, Common Voice tables,
 `lhotse` and `hf_stream`, over the shared `rows` (raw rows, `Shard`, `SourceError`) and `lines`
 (line-oriented and gzip files). It is the only module callers import. Shard sizes are the constants
 below, read when `plan` runs and passed down, so setting them here takes effect everywhere.
+
+A shard can be read in pieces (`read_shard(shard, piece, pieces)`): the decode stage reads one piece per call, so
+that more actors share a small source and no row is read long before it is decoded (`ray_asr.data`). Only
+shards whose slices cost no more than their rows split (`splits`); the rest are read whole.
 """
 
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
 
 from ray_asr.formats import audiofolder, hf_stream, kaldi, lhotse
-from ray_asr.formats.lines import coarsen, first_record, json_object, line_shards, text_lines, text_shards
+from ray_asr.formats.lines import coarsen, first_record, is_gz, json_object, line_shards, text_lines, text_shards
 from ray_asr.formats.rows import AUDIO_KEYS, RAW_SCHEMA, TEXT_KEYS, Shard, SourceError, from_record, raw_row, table_raw  # noqa: F401 (AUDIO_KEYS, TEXT_KEYS: callers read them here too)
 
 LINES_PER_SHARD = 128  # manifest lines per read task: small blocks keep the stream flowing
@@ -125,11 +130,12 @@ def _open_table(kind: str, path: str):
         raise SourceError(f"{path}: cannot open HF dataset ({err})") from None
 
 
-def _read_text_shard(shard: Shard) -> list[dict]:
+def _read_text_shard(shard: Shard, piece: int = 0, pieces: int = 1) -> list[dict]:
     folder = Path(shard.path).parent
     audio_root = folder / "clips" if shard.kind == "tsv" else folder
     rows = []
-    for number, text, bad in text_lines(shard):
+    lines = list(text_lines(shard))  # decoded, not parsed: a piece parses only its own lines
+    for number, text, bad in lines[_bounds(len(lines), piece, pieces)]:
         if bad is not None:
             rows.append(bad)
             continue
@@ -149,7 +155,9 @@ def _read_text_shard(shard: Shard) -> list[dict]:
     return rows
 
 
-def _read_table_shard(shard: Shard) -> list[dict]:
+def _read_table_shard(shard: Shard, piece: int = 0, pieces: int = 1) -> list[dict]:
+    span = _bounds(shard.stop - shard.start, piece, pieces)
+    shard = replace(shard, start=shard.start + span.start, stop=shard.start + span.stop)
     if shard.kind == "parquet":
         import pyarrow.parquet as pq
 
@@ -171,9 +179,29 @@ _READERS = {"jsonl": _read_text_shard, "tsv": _read_text_shard, "csv": audiofold
             "lhotse_pair": lhotse.read_pair, "hf_stream": _read_hf_stream_shard}
 
 
-def read_shard(shard: Shard) -> pa.Table:
-    """Reads one shard into a table of raw rows (`RAW_SCHEMA`)."""
-    return pa.Table.from_pylist(_READERS[shard.kind](shard), schema=RAW_SCHEMA)
+# Readers that can read a piece of their shard for the cost of its rows: a plain text file's lines are split
+# before they are parsed, a table's row range narrowed. A gzip file is decompressed from its start whatever the
+# piece, and a join (Kaldi, lhotse pair) or a streamed dataset reads its index or files whole: those read whole.
+_PIECEWISE = {"jsonl": _read_text_shard, "tsv": _read_text_shard, "parquet": _read_table_shard, "hf": _read_table_shard}
+
+
+def splits(shard: Shard) -> bool:
+    """Whether `read_shard` reads a piece of this shard for the cost of the piece (else it is read whole)."""
+    return shard.kind in _PIECEWISE and not is_gz(shard.path)
+
+
+def read_shard(shard: Shard, piece: int = 0, pieces: int = 1) -> pa.Table:
+    """Reads one shard, or the `piece`-th of `pieces` even slices of its rows, into raw rows (`RAW_SCHEMA`)."""
+    if pieces == 1:
+        return pa.Table.from_pylist(_READERS[shard.kind](shard), schema=RAW_SCHEMA)
+    if not splits(shard):
+        raise ValueError(f"{shard.path}: a {shard.kind} shard is read whole, not in {pieces} pieces")
+    return pa.Table.from_pylist(_PIECEWISE[shard.kind](shard, piece, pieces), schema=RAW_SCHEMA)
+
+
+def _bounds(rows: int, piece: int, pieces: int) -> slice:
+    """The `piece`-th of `pieces` even, contiguous slices of `rows` items (together: each item once, in order)."""
+    return slice(rows * piece // pieces, rows * (piece + 1) // pieces)
 
 
 def read_all(source: str | Path) -> list[dict]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 
@@ -157,8 +158,28 @@ def test_mixed_sets_are_read_interleaved_with_the_training_set(tmp_path):
     assert [repeat for shard, repeat, _ in source.parts if shard.path.endswith("de.jsonl")] == [0, 1, 2]
 
 
-def _read_ids(source) -> list[str]:
-    return [i for task in source.get_read_tasks(1) for block in task() for i in block.column("id").to_pylist()]
+def _read_ids(source, blocks: int = 1) -> list[str]:
+    """The ids a decode actor reads, piece by piece, from the pieces the read tasks hand out."""
+    from ray_asr import data
+
+    pieces = [p for task in source.get_read_tasks(blocks) for block in task() for p in block.to_pylist()]
+    assert all(set(p) == set(data.PIECE_SCHEMA.names) for p in pieces)  # read tasks carry no row of the source
+    return [i for p in pieces for i in source.rows(p["part"], p["piece"], p["pieces"]).column("id").to_pylist()]
+
+
+def test_pieces_read_every_row_once_in_plan_order_however_many(tmp_path, monkeypatch):
+    from ray_asr import data, sources
+
+    monkeypatch.setattr(sources, "LINES_PER_SHARD", 16)
+    for name, rows in (("train", 100), ("de", 10)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(f'{{"audio": "a.wav", "text": "{i}"}}\n' for i in range(rows)))
+    with gzip.open(tmp_path / "de.jsonl.gz", "wt") as f:
+        f.write((tmp_path / "de.jsonl").read_text())
+    source = data.ManifestDatasource(tmp_path / "train.jsonl", [{"manifest": str(tmp_path / "de.jsonl.gz"), "weight": 0.2}])
+    whole = _read_ids(source)
+    assert len(whole) == len(set(whole)) and sum(i.startswith("train.jsonl:") for i in whole) == 100
+    assert all(_read_ids(source, blocks) == whole for blocks in (7, 50, 300))
+    assert len(source.pieces(50)) == 7 * 7 + 2  # the gzip's 2 repeats read whole; 7 train shards in 7 pieces each
 
 
 def test_train_rows_picks_a_seeded_subset_nested_across_sizes(tmp_path):

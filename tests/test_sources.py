@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from audio_fixtures import write_clip
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ray_asr import sources
 
@@ -44,6 +46,32 @@ def test_a_large_manifest_is_read_by_a_bounded_number_of_tasks_and_blocks(tmp_pa
     assert total == 1000 and len(shards) == 8  # 250 shards of 4 lines merged into 8 of 128 (the last shorter)
     assert [r["id"] for r in sources.read_all(manifest)] == [f"m.jsonl:{i + 1}" for i in range(1000)]
     assert data.num_blocks(1_000_000, 8, 8) == data.MAX_BLOCKS and data.num_blocks(400, 4, 8) == 50
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 40), blanks=st.sets(st.integers(0, 45), max_size=6), pieces=st.integers(1, 12))
+def test_pieces_of_a_shard_read_each_row_once_in_order(tmp_path, rows, blanks, pieces):
+    lines = [json.dumps({"audio": f"{i}.wav", "text": f"row {i}"}) for i in range(rows)]
+    for at in sorted(blanks, reverse=True):
+        lines.insert(min(at, len(lines)), "")  # blank lines hold no row, wherever they fall
+    (tmp_path / "m.jsonl").write_text("".join(f"{line}\n" for line in lines))
+    table = pa.table({"sentence": [f"row {i}" for i in range(rows)], "path": [f"{i}.wav" for i in range(rows)]})
+    pq.write_table(table, tmp_path / "t.parquet")
+    for source in (tmp_path / "m.jsonl", tmp_path / "t.parquet"):
+        (shard,), _ = sources.plan(source)  # under LINES_PER_SHARD and ROWS_PER_SHARD: one shard
+        whole = sources.read_shard(shard).column("id").to_pylist()
+        parts = [sources.read_shard(shard, k, pieces).column("id").to_pylist() for k in range(pieces)]
+        assert [i for part in parts for i in part] == whole and len(whole) == rows
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1  # even: blank lines are dropped before the split
+
+
+def test_a_shard_that_reads_whole_is_never_read_in_pieces(tmp_path):
+    with gzip.open(tmp_path / "m.jsonl.gz", "wt") as f:
+        f.write('{"audio": "a.wav", "text": "one"}\n')
+    (shard,), _ = sources.plan(tmp_path / "m.jsonl.gz")
+    assert not sources.splits(shard)  # a piece would decompress the file from its start all the same
+    with pytest.raises(ValueError, match="read whole"):
+        sources.read_shard(shard, 0, 2)
 
 
 def test_blank_lines_are_not_rows_and_line_numbers_stay_true(tmp_path):
