@@ -32,7 +32,7 @@ def connect(address: str | None = None, num_cpus: int | None = None, log_to_driv
 
 
 def on_this_node(actor_class, *args, **kwargs):
-    """Starts a driver-side helper actor (quarantine sink, pass counter, mailbox, progress channel) on the
+    """Starts a driver-side helper actor (quarantine sink, mailbox, progress channel) on the
     driver's own node: a zero-CPU actor Ray placed anywhere dies with a lost worker node and takes the run
     with it, while the driver's node lives as long as the run does."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -139,7 +139,7 @@ class NoSpeechMaker:
         start = int(rng.integers(1 << 62))
         extra = {"audio": waves, "labels": [list(self.labels)] * count, "text": [""] * count,
                  "id": [f"{NO_SPEECH_ID}{start + i}" for i in range(count)], "previous": [None] * count,
-                 "rating": [float("nan")] * count}
+                 "rating": [float("nan")] * count, "pass": [0] * count}
         out = dict(batch)
         for name, added in extra.items():
             if name not in batch:

@@ -32,7 +32,6 @@ from ray_asr.audio import Rejected
 from ray_asr.cluster import on_this_node
 from ray_asr.config import Config
 from ray_asr.prepare import examples, quarantine_record
-from ray_asr.rowcounts import RowCounts
 
 PREPARED_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -42,6 +41,7 @@ PREPARED_SCHEMA = pa.schema([
     ("text", pa.string()),
     ("previous", pa.string()),  # the utterance before it (its recording's previous window, its speaker's); or null
     ("rating", pa.float64()),  # a feedback row's rating of its text (a hypothesis, not a reference); or null
+    ("pass", pa.int32()),  # times the row's piece was read before in this run: its epoch (augmentation's noise)
 ])
 
 
@@ -192,8 +192,10 @@ def _interleave(first: list, second: list) -> list:
 class QuarantineSink:
     """Collects rejected rows of a run: writes each once to quarantine.jsonl and keeps per-split counts.
 
-    One sink serves every split of a run; rows seen again (a second epoch) are not counted twice. What it
-    holds per row is a hashed id and a count (`ray_asr.rowcounts`, ~10 bytes), not the row.
+    One sink serves every split of a run; rows seen again (a second epoch, a retried piece) are not counted
+    twice. It tells them apart by piece, not by row: per piece of the plan (`ManifestDatasource.pieces`, about
+    2,048 at most) it keeps how many times a decode actor started it and how many of its rows are counted, so
+    what it holds does not grow with the rows.
     """
 
     def __init__(self, path: str | None):
@@ -207,27 +209,36 @@ class QuarantineSink:
     def register(self, split: str, total_rows: int, max_rejected_fraction: float | None) -> None:
         limit = None if max_rejected_fraction is None else max_rejected_fraction * total_rows
         self.splits[split] = {"rows": total_rows, "limit": limit, "fraction": max_rejected_fraction,
-                              "seen": RowCounts(), "accepted": 0, "rejected": 0, "seconds": 0.0, "reasons": {}}
+                              "pieces": {}, "accepted": 0, "rejected": 0, "seconds": 0.0, "reasons": {}}
 
     def registered_rows(self, split: str) -> int | None:
         """The row count `register` was given for a split (None where the source cannot tell)."""
         return self.splits[split]["rows"]
 
-    def record(self, split: str, accepted: list[tuple[str, float]], rejected: list[dict]) -> str | None:
-        """Adds a batch's outcome; returns an error message once the rejected share is too high."""
+    def start(self, split: str, piece: tuple[int, int, int]) -> int:
+        """A decode actor starts reading `piece`: how many times it was started before in this run (its rows'
+        pass: the epoch, unless an actor died in the middle of it)."""
+        progress = self.splits[split]["pieces"].setdefault(tuple(piece), [0, 0])  # [starts, rows counted]
+        progress[0] += 1
+        return progress[0] - 1
+
+    def record(self, split: str, piece: tuple[int, int, int], offset: int, accepted: list[tuple[str, float]],
+               rejected: list[dict]) -> str | None:
+        """Adds the outcome of the batch of `piece`'s rows from `offset` on, unless those rows were counted already
+        (batches of a piece are the same every pass); returns an error message once the rejected share is too high."""
         state = self.splits[split]
-        for (_, seconds), before in zip(accepted, state["seen"].bump([i for i, _ in accepted])):
-            if not before:
-                state["accepted"] += 1
-                state["seconds"] += seconds
-        for record, before in zip(rejected, state["seen"].bump([r["id"] for r in rejected])):
-            if not before:
+        progress = state["pieces"].setdefault(tuple(piece), [0, 0])
+        if offset >= progress[1]:
+            progress[1] = offset + len(accepted) + len(rejected)
+            state["accepted"] += len(accepted)
+            state["seconds"] += sum(seconds for _, seconds in accepted)
+            for record in rejected:
                 state["rejected"] += 1
                 state["reasons"][record["reason"]] = state["reasons"].get(record["reason"], 0) + 1
                 if self.file:
                     self.file.write(json.dumps({"split": split, **record}, ensure_ascii=False) + "\n")
-        if self.file:
-            self.file.flush()
+            if self.file and rejected:
+                self.file.flush()
         if state["limit"] is not None and state["rejected"] > state["limit"]:
             where = f"; see {self.path}" if self.path else ""
             return (f"data.{split}: {state['rejected']} of {state['rows']} rows rejected, over "
@@ -275,14 +286,18 @@ class Preparer:
 
     def __call__(self, batch: pa.Table) -> Iterator[pa.Table]:
         for piece in batch.to_pylist():
-            rows = self.plan.rows(piece["part"], piece["piece"], piece["pieces"]).to_pylist()
+            key = (piece["part"], piece["piece"], piece["pieces"])
+            rows = self.plan.rows(*key).to_pylist()
+            passes = ray.get(self.sink.start.remote(self.split, key))
             last_said: dict[str, str] = {}  # speaker → their latest transcript in this piece (manifest order)
             for start in range(0, len(rows), self.batch_rows):
-                yield self.prepare(rows[start : start + self.batch_rows], last_said)
+                yield self.prepare(rows[start : start + self.batch_rows], last_said, key, start, passes)
 
-    def prepare(self, rows: list[dict], last_said: dict[str, str]) -> pa.Table:
-        """Raw rows (`sources.RAW_SCHEMA`) decoded, validated and tokenised; the rejected ones sent to the sink.
-        `last_said` (speaker → their latest transcript) carries the previous-text context from batch to batch."""
+    def prepare(self, rows: list[dict], last_said: dict[str, str], piece: tuple[int, int, int], offset: int,
+                passes: int) -> pa.Table:
+        """Rows `offset`... of `piece` (`sources.RAW_SCHEMA`) decoded, validated and tokenised, on their `passes`-th
+        pass; the outcome recorded with the sink. `last_said` (speaker → their latest transcript) carries the
+        previous-text context from batch to batch."""
         out = {name: [] for name in PREPARED_SCHEMA.names}
         accepted, rejected = [], []
         for row in rows:
@@ -312,10 +327,11 @@ class Preparer:
                 out["text"].append(example.text)
                 out["previous"].append(previous)
                 out["rating"].append(row.get("rating"))
+                out["pass"].append(passes)
                 previous = example.text  # a recording's next window follows this one
             if row.get("speaker"):
                 last_said[row["speaker"]] = made[-1].text
-        problem = ray.get(self.sink.record.remote(self.split, accepted, rejected))
+        problem = ray.get(self.sink.record.remote(self.split, piece, offset, accepted, rejected))
         if problem:
             raise TooManyRejected(problem)
         return pa.Table.from_pydict(out, schema=PREPARED_SCHEMA)
@@ -389,20 +405,6 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     return ds
 
 
-@ray.remote(num_cpus=0)
-class PassCounter:
-    """How many times each row has gone through augmentation in this run: the row's epoch.
-
-    Central, so a row gets the same count whichever augmentation actor handles it.
-    """
-
-    def __init__(self):
-        self.seen = RowCounts()
-
-    def next_pass(self, ids: list[str]) -> list[int]:
-        return self.seen.bump(ids)
-
-
 # The `epoch` of the generator that picks a row's label form: one no run reaches, so the choice never shares a
 # stream with the row's augmentation, and stays the same every epoch and on a rerun.
 LABEL_STREAM = 1_000_003
@@ -432,14 +434,14 @@ def row_rng(seed: int, epoch: int, row_id: str) -> np.random.Generator:
 class Augmenter:
     """Ray Data stage applying the `augment:` chain to training waveforms on the CPU tier."""
 
-    def __init__(self, specs: list[dict], seed: int, wire_dtype: str, counter):
+    def __init__(self, specs: list[dict], seed: int, wire_dtype: str):
         import augment
 
-        self.chain, self.seed, self.wire_dtype, self.counter = augment.build(specs), seed, wire_dtype, counter
+        self.chain, self.seed, self.wire_dtype = augment.build(specs), seed, wire_dtype
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = batch.column("id").to_pylist()
-        passes = ray.get(self.counter.next_pass.remote(ids))
+        passes = batch.column("pass").to_pylist()  # the row's epoch, whichever actor augments it
         waves = [self.chain(audio.from_wire(buffer, self.wire_dtype), audio.SAMPLE_RATE, row_rng(self.seed, n, i))
                  for buffer, n, i in zip(batch.column("audio").to_pylist(), passes, ids)]
         columns = {name: batch.column(name) for name in PREPARED_SCHEMA.names}
@@ -461,8 +463,7 @@ def augment_stage(ds, cfg: Config):
     augment.build(cfg.augment)  # fails here, on the driver, naming a bad spec
     return ds.map_batches(
         Augmenter,
-        fn_constructor_kwargs={"specs": cfg.augment, "seed": cfg.train.seed, "wire_dtype": cfg.data.wire_dtype,
-                               "counter": on_this_node(PassCounter)},
+        fn_constructor_kwargs={"specs": cfg.augment, "seed": cfg.train.seed, "wire_dtype": cfg.data.wire_dtype},
         batch_size=cfg.data.prepare_batch_size,
         batch_format="pyarrow",
         compute=_actor_pool(cfg.data.augment_concurrency, actor_cpus(cfg.data.augment_num_cpus)),
