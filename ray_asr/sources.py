@@ -179,10 +179,10 @@ _READERS = {"jsonl": _read_text_shard, "tsv": _read_text_shard, "csv": audiofold
             "lhotse_pair": lhotse.read_pair, "hf_stream": _read_hf_stream_shard}
 
 
-# Readers that can read a piece of their shard for the cost of its rows: a plain text file's lines are split
+# Kinds whose reader takes a piece of its shard for the cost of its rows: a plain text file's lines are split
 # before they are parsed, a table's row range narrowed. A gzip file is decompressed from its start whatever the
 # piece, and a join (Kaldi, lhotse pair) or a streamed dataset reads its index or files whole: those read whole.
-_PIECEWISE = {"jsonl": _read_text_shard, "tsv": _read_text_shard, "parquet": _read_table_shard, "hf": _read_table_shard}
+_PIECEWISE = frozenset({"jsonl", "tsv", "parquet", "hf"})
 
 
 def splits(shard: Shard) -> bool:
@@ -196,7 +196,7 @@ def read_shard(shard: Shard, piece: int = 0, pieces: int = 1) -> pa.Table:
         return pa.Table.from_pylist(_READERS[shard.kind](shard), schema=RAW_SCHEMA)
     if not splits(shard):
         raise ValueError(f"{shard.path}: a {shard.kind} shard is read whole, not in {pieces} pieces")
-    return pa.Table.from_pylist(_PIECEWISE[shard.kind](shard, piece, pieces), schema=RAW_SCHEMA)
+    return pa.Table.from_pylist(_READERS[shard.kind](shard, piece, pieces), schema=RAW_SCHEMA)
 
 
 def _bounds(rows: int, piece: int, pieces: int) -> slice:
