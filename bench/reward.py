@@ -1,10 +1,13 @@
 """Reward-based fine-tuning on the demo corpus with whisper-base, three comparisons side by side:
 
-    python bench/reward.py [--steps compare,loops,feedback] [--start runs/demo/model] [--out runs/reward]
+    python bench/reward.py [--steps compare,loops,feedback] [--start runs/demo] [--out runs/reward]
 
-`compare`: from the same cross-entropy checkpoint (`--start`; `ray-asr demo` writes it), one epoch of
-continued cross-entropy and one of minimum-WER training (`configs/recipes/mwer.yaml`), same seeds and
-learning rate: in-domain and general WER of each, beside the start's.
+`compare`: from the same cross-entropy checkpoint (`--start`: the first epoch of a finished run such as
+`ray-asr demo`'s `runs/demo`, or a model folder), one epoch of continued cross-entropy and one of minimum-WER
+training (`configs/recipes/mwer.yaml`), same seeds and learning rate: in-domain and general WER of each, beside
+the start's. The first epoch, not the finished model: after the demo's two epochs the model has all but
+memorised its training split (training loss 0.06), so every training clip's N-best leads with its reference
+and minimum-WER training has nothing to choose between.
 `loops`: a model that loops (the start fine-tuned one epoch at 1e-3), then minimum-WER training with the
 loop and runaway penalties from it: runaway outputs, repetition rate and WER before and after.
 `feedback`: `ray-asr feedback` on 32 clinical clips of two speakers, their references standing in for a
@@ -49,6 +52,40 @@ def _metric(summary: dict, split: str, key: str):
     return summary.get(split, {}).get(key)
 
 
+def first_epoch(run: Path, out: Path) -> Path:
+    """A model folder holding `run`'s first-epoch checkpoint: its exported model (for the frozen weights, which
+    checkpoints leave out) with the checkpoint's trainable parameters loaded. ZeRO 0-2 on one worker only: there
+    the module file holds every trainable parameter whole."""
+    import shutil
+
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    from ray_asr.checkpoint import _allowed_globals
+
+    if (out / "model.safetensors").exists():
+        return out
+    checkpoints = sorted((run / "checkpoints").glob("*/step-*"))
+    if not checkpoints or not (run / "model" / "config.json").exists():
+        raise SystemExit(f"{run}: not a finished run with checkpoints (`ray-asr demo` writes runs/demo)")
+    modules = sorted((checkpoints[0] / "ds").rglob("mp_rank_*_model_states.pt"))
+    if len(modules) != 1:
+        raise SystemExit(f"{checkpoints[0]}: {len(modules)} module files; a one-worker ZeRO 0-2 run is needed")
+    with torch.serialization.safe_globals(_allowed_globals()):
+        trained = torch.load(modules[0], map_location="cpu", weights_only=True)["module"]
+    model = WhisperForConditionalGeneration.from_pretrained(run / "model")
+    unknown = set(trained) - set(model.state_dict())
+    if unknown:
+        raise SystemExit(f"{modules[0]}: parameters the model lacks ({sorted(unknown)[:3]}); LoRA runs are not supported")
+    model.load_state_dict(trained, strict=False)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    for extra in (run / "model").iterdir():
+        if not (out / extra.name).exists():
+            shutil.copy(extra, out / extra.name)
+    return out
+
+
 def _speakers_rows(name: str) -> list[dict]:
     """The demo split's rows spoken by `SPEAKERS`, with absolute audio paths (the manifests land elsewhere)."""
     corpus = ROOT / "data" / "demo"
@@ -57,7 +94,9 @@ def _speakers_rows(name: str) -> list[dict]:
 
 
 def compare(start: str, out: Path) -> dict:
-    runs = {name: _finetune(out / name, f"model.name_or_path={start}", f"train.objective={name}") for name in ("ce", "mwer")}
+    # the start is scored once, by the cross-entropy run (the minimum-WER run's scoring also decodes the 4-best)
+    runs = {name: _finetune(out / name, f"model.name_or_path={start}", f"train.objective={name}", *extra)
+            for name, extra in (("ce", ()), ("mwer", ("train.eval_at_start=false",)))}
     base = runs["ce"]["start"]
     rows = {"start": {"wer": base["wer"], "general_wer": base["general_wer"]}}
     for name, found in runs.items():
@@ -94,22 +133,31 @@ def feedback(out: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="compare,loops,feedback")
-    parser.add_argument("--start", default="runs/demo/model", help="a cross-entropy fine-tune (`ray-asr demo` writes it)")
+    parser.add_argument("--start", default="runs/demo",
+                        help="a finished cross-entropy run (its first epoch is used; `ray-asr demo` writes runs/demo) "
+                             "or a model folder")
     parser.add_argument("--out", default="runs/reward")
     args = parser.parse_args()
     out = ROOT / args.out
     steps = args.steps.split(",")
-    if {"compare", "loops"} & set(steps) and not (ROOT / args.start / "config.json").exists():
-        raise SystemExit(f"{args.start}: no model there; run `ray-asr demo` first (or give --start)")
-    results = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
+    start = args.start
+    if {"compare", "loops"} & set(steps):
+        if (ROOT / start / "checkpoints").is_dir():
+            start = str(first_epoch(ROOT / start, out / "start").relative_to(ROOT))
+        elif not (ROOT / start / "config.json").exists():
+            raise SystemExit(f"{start}: neither a run nor a model; run `ray-asr demo` first (or give --start)")
+    record = out / "reward.json"  # a run of some steps keeps what earlier runs measured of the others
+    results = json.loads(record.read_text()) if record.exists() else {}
+    results.update({"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+                    "start": start})
     if "compare" in steps:
-        results["compare"] = compare(args.start, out)
+        results["compare"] = compare(start, out)
     if "loops" in steps:
-        results["loops"] = loops(args.start, out)
+        results["loops"] = loops(start, out)
     if "feedback" in steps:
         results["feedback"] = feedback(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "reward.json").write_text(json.dumps(results, indent=1))
+    record.write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
     return 0
 

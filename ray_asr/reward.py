@@ -14,8 +14,10 @@ REINFORCE-style: `-(rating - baseline) * mean token log-prob`, the baseline a ru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +39,64 @@ class NBest:
     text_ids: list[list[int]]  # the text's tokens alone (prompt removed, cut at end-of-text)
     stopped: list[bool]
     owner: list[int]
+
+
+@contextlib.contextmanager
+def shared_cross_attention(model, owner: torch.Tensor) -> Iterator[None]:
+    """While open, every decoder layer projects each clip's encoder output to cross-attention keys and values once,
+    however many of the decoder's rows (`owner[i]`: the clip of row i, whose encoder output rows are copies) use it.
+
+    Otherwise the N-best's first decoding step projects the same 1,500 positions once per hypothesis: for
+    whisper-base 2 x 1500 x 512 x 512 x 2 FLOPs a layer, ~9.4 GFLOP a row over six layers. So does the scoring
+    forward where it projects (LoRA, ZeRO-3, hypotheses of 64+ tokens); elsewhere the training's reassociated
+    cross-attention (`ray_asr.cross_attention`) calls no projection and is left as it is (measured, it stays
+    faster than shared projections whose backward must sum each clip's rows: `bench/mwer_step.py`). Projections
+    on other batch sizes (a cache already filled, a plain batch) pass through untouched."""
+    from ray_asr.encoder import whisper_of
+
+    owner = owner.tolist() if torch.is_tensor(owner) else list(owner)
+    clips = sorted(set(owner))
+    firsts = torch.tensor([owner.index(clip) for clip in clips])
+    expand = torch.tensor([clips.index(clip) for clip in owner])
+    if len(clips) == len(owner):  # nothing shared
+        yield
+        return
+    squeezed: set[int] = set()
+
+    def before(module, args):
+        if args[0].shape[0] != len(owner):
+            return None
+        squeezed.add(id(module))
+        return (args[0][firsts.to(args[0].device)], *args[1:])
+
+    def after(module, args, out):
+        if id(module) not in squeezed:
+            return None
+        squeezed.discard(id(module))
+        return out[expand.to(out.device)]
+
+    handles = []
+    for layer in whisper_of(model).model.decoder.layers:
+        for projection in (layer.encoder_attn.k_proj, layer.encoder_attn.v_proj):
+            handles += [projection.register_forward_pre_hook(before), projection.register_forward_hook(after)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _beam_cache():
+    """A decoder cache for beam search over encoder outputs the beams share: beams never leave their clip, so
+    reordering them leaves the cross-attention keys and values as they are. Transformers' own cache copies all of
+    them every step (`index_select` of 12 x rows x 1500 x 512 floats for whisper-base: half of a 4-best decode)."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    class SharedCrossCache(EncoderDecoderCache):
+        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+            self.self_attention_cache.reorder_cache(beam_idx)
+
+    return SharedCrossCache(DynamicCache(), DynamicCache())
 
 
 @torch.no_grad()
@@ -61,10 +121,12 @@ def nbest(model, tokenizer, labels: torch.Tensor, language: str, n: int, samplin
     options = ({"do_sample": True, "temperature": temperature, "top_k": 0, "num_beams": 1} if sampling == "sample"
                else {"do_sample": False, "num_beams": n})
     device = hidden.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # seeded, leaving torch's own as it was
+    copies = torch.arange(len(codes)).repeat_interleave(n)  # generate's own expansion: each clip n times in a row
+    with (torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),  # seeded, leaving torch's own as it was
+          shared_cross_attention(whisper, copies)):
         torch.manual_seed(seed)
         out = GenerationMixin.generate(whisper, encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
-                                       decoder_input_ids=prompt, num_return_sequences=n,
+                                       decoder_input_ids=prompt, num_return_sequences=n, cache=_beam_cache(),
                                        max_new_tokens=max_new_tokens or max(limits), synced_gpus=synced,
                                        return_dict_in_generate=True, **options)
     eos, width = tokenizer.eos_token_id, prompt.shape[1]
@@ -253,8 +315,9 @@ class Objective:
             inputs.append(nbest_inputs)
             owner += hyps.owner
         stacked = torch.cat([F.pad(x, (0, width - x.shape[1]), value=pad) for x in inputs])
-        logits = engine(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[torch.tensor(owner, device=hidden.device)]),
-                        decoder_input_ids=stacked, use_cache=False).logits
+        with shared_cross_attention(generator_model, owner):
+            logits = engine(encoder_outputs=BaseModelOutput(last_hidden_state=hidden[torch.tensor(owner, device=hidden.device)]),
+                            decoder_input_ids=stacked, use_cache=False).logits
         batch_logits = logits[: len(labels), : labels.shape[1]]
         ce_targets = labels.clone()
         ce_targets[rows] = IGNORE_INDEX

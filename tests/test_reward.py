@@ -3,6 +3,7 @@ penalty, feedback rows (corrections and ratings) and their config."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 from transformers import WhisperForConditionalGeneration
 
-from ray_asr import config, labels, reward, sources
+from ray_asr import config, cross_attention, labels, reward, sources
 from ray_asr.config import ConfigError
 from ray_asr.evaluate import PROMPT_TOKENS
 
@@ -181,6 +182,42 @@ def test_mwer_objective_decodes_an_nbest_and_gives_a_finite_loss_with_gradients(
     # The same step and seed sample the same N-best; another step, another.
     again = _objective(tokenizer, "mwer", n_best=3, sampling="sample", temperature=1.0)
     assert again.loss(model, hidden, batch, True, False, lambda n: n, 5).item() == pytest.approx(loss.item())
+
+
+@pytest.mark.parametrize("sampling", ["beam", "sample"])
+def test_sharing_a_clip_s_cross_attention_among_its_hypotheses_changes_no_hypothesis_loss_or_gradient(
+        model, tokenizer, monkeypatch, sampling):
+    """Each clip's keys and values projected once and never reordered among its beams: the same N-best, loss and
+    gradients as transformers' own per-row projections and cache."""
+    model.config.dropout = model.config.attention_dropout = 0.0  # the two passes must see the same network
+    model.train()
+    cross_attention.install(model)  # as training runs it
+    hidden = _hidden(model, seed=6, clips=3)
+    batch = _feedback_batch(tokenizer, ["ka tu", "ti ko ra", "ra ka"], [None, None, None])
+    calls = []
+    projection = model.model.decoder.layers[0].encoder_attn.k_proj
+    projection.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+
+    def step():
+        model.zero_grad()
+        objective = _objective(tokenizer, "mwer", n_best=3, sampling=sampling, temperature=1.0)
+        found = reward.nbest(model, tokenizer, batch["labels"], "en", 3, sampling, 1.0, [6, 6, 6], False, 0, hidden)
+        loss = objective.loss(model, hidden, batch, True, False, lambda n: n, 5)
+        loss.backward()
+        return found, loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    shared = step()
+    shared_calls, calls[:] = list(calls), []
+    monkeypatch.setattr(reward, "shared_cross_attention", lambda *args: contextlib.nullcontext())
+    monkeypatch.setattr(reward, "_beam_cache", lambda: None)
+    plain = step()
+    assert shared_calls and set(shared_calls) == {3}  # each clip projected once, however many hypotheses it has
+    assert max(calls) > 3
+    assert shared[0] == plain[0]
+    assert shared[1] == pytest.approx(plain[1], rel=1e-5)
+    assert shared[2].keys() == plain[2].keys()
+    for name, grad in shared[2].items():
+        assert torch.allclose(grad, plain[2][name], rtol=1e-4, atol=1e-6), name
 
 
 def test_a_beam_nbest_has_n_distinct_hypotheses_per_clip_each_with_its_prompt(model, tokenizer):
