@@ -248,9 +248,11 @@ class MwerConfig:
     """`beam` (the N best of a beam search) or `sample` (N draws at `temperature`: more diverse, noisier)."""
     temperature: float = 1.0
     """Sampling temperature for `sampling: sample`."""
-    ce_weight: float = 0.1
+    ce_weight: float = 1.0
     """Cross-entropy on the references beside the MWER term; it keeps the model anchored to real transcripts
-    (without it, MWER can drift to whatever its own N-best happens to contain)."""
+    (without it, MWER can drift to whatever its own N-best happens to contain). 1.0, MWER added to plain
+    cross-entropy, is what beat cross-entropy alone on the demo; at 0.1 (the literature's small anchor, from
+    models trained far longer) MWER lost to it there (BENCHMARKS.md, "Minimum-WER training")."""
     length_penalty: float = 0.0
     """Each hypothesis' log-probability is divided by its length to this power before renormalising (0: none;
     1: per-token means, so long and short hypotheses compete on equal terms)."""
