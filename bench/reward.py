@@ -58,10 +58,9 @@ def first_epoch(run: Path, out: Path) -> Path:
     the module file holds every trainable parameter whole."""
     import shutil
 
-    import torch
     from transformers import WhisperForConditionalGeneration
 
-    from ray_asr.checkpoint import _allowed_globals
+    from ray_asr.checkpoint import weights_only_engine
 
     if (out / "model.safetensors").exists():
         return out
@@ -71,8 +70,7 @@ def first_epoch(run: Path, out: Path) -> Path:
     modules = sorted((checkpoints[0] / "ds").rglob("mp_rank_*_model_states.pt"))
     if len(modules) != 1:
         raise SystemExit(f"{checkpoints[0]}: {len(modules)} module files; a one-worker ZeRO 0-2 run is needed")
-    with torch.serialization.safe_globals(_allowed_globals()):
-        trained = torch.load(modules[0], map_location="cpu", weights_only=True)["module"]
+    trained = weights_only_engine().load(str(modules[0]), map_location="cpu")["module"]  # the loader resuming uses
     model = WhisperForConditionalGeneration.from_pretrained(run / "model")
     unknown = set(trained) - set(model.state_dict())
     if unknown:
