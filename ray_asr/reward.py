@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.modeling_outputs import BaseModelOutput
 
 from ray_asr import evaluate, metrics
@@ -56,11 +57,11 @@ def shared_cross_attention(model, owner: torch.Tensor) -> Iterator[None]:
 
     owner = owner.tolist() if torch.is_tensor(owner) else list(owner)
     clips = sorted(set(owner))
-    firsts = torch.tensor([owner.index(clip) for clip in clips])
-    expand = torch.tensor([clips.index(clip) for clip in owner])
     if len(clips) == len(owner):  # nothing shared
         yield
         return
+    firsts = torch.tensor([owner.index(clip) for clip in clips])
+    expand = torch.tensor([clips.index(clip) for clip in owner])
     squeezed: set[int] = set()
 
     def before(module, args):
@@ -86,16 +87,16 @@ def shared_cross_attention(model, owner: torch.Tensor) -> Iterator[None]:
             handle.remove()
 
 
-def _beam_cache():
+class SharedCrossCache(EncoderDecoderCache):
     """A decoder cache for beam search over encoder outputs the beams share: beams never leave their clip, so
     reordering them leaves the cross-attention keys and values as they are. Transformers' own cache copies all of
     them every step (`index_select` of 12 x rows x 1500 x 512 floats for whisper-base: half of a 4-best decode)."""
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
-    class SharedCrossCache(EncoderDecoderCache):
-        def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-            self.self_attention_cache.reorder_cache(beam_idx)
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self.self_attention_cache.reorder_cache(beam_idx)
 
+
+def _beam_cache() -> SharedCrossCache:
     return SharedCrossCache(DynamicCache(), DynamicCache())
 
 
