@@ -8,7 +8,7 @@ training (`configs/recipes/mwer.yaml`), same seeds and learning rate: in-domain 
 the start's. The first epoch, not the finished model: after the demo's two epochs the model has all but
 memorised its training split (training loss 0.06), so every training clip's N-best leads with its reference
 and minimum-WER training has nothing to choose between.
-`loops`: a model that loops (the start fine-tuned one epoch at 1e-3), then minimum-WER training with the
+`loops`: a model that loops (the start fine-tuned one epoch at `--looping-lr`), then minimum-WER training with the
 loop and runaway penalties from it: runaway outputs, repetition rate and WER before and after.
 `feedback`: `ray-asr feedback` on 32 clinical clips of two speakers, their references standing in for a
 person's corrections; one fine-tune on that feedback file alone; WER on the same speakers' held-out clips
@@ -103,9 +103,9 @@ def compare(start: str, out: Path) -> dict:
     return rows
 
 
-def loops(start: str, out: Path) -> dict:
+def loops(start: str, out: Path, looping_lr: float) -> dict:
     looping = out / "looping"
-    broken = _finetune(looping, f"model.name_or_path={start}", "train.objective=ce", "train.learning_rate=1.0e-3",
+    broken = _finetune(looping, f"model.name_or_path={start}", "train.objective=ce", f"train.learning_rate={looping_lr}",
                        "train.eval_at_start=false")
     # the looping model's own final evaluation is the "before": scoring it again would decode its runaways twice
     fixed = _finetune(out / "unloop", f"model.name_or_path={looping / 'model'}", "train.objective=mwer",
@@ -137,6 +137,8 @@ def main() -> int:
                         help="a finished cross-entropy run (its first epoch is used; `ray-asr demo` writes runs/demo) "
                              "or a model folder")
     parser.add_argument("--out", default="runs/reward")
+    parser.add_argument("--looping-lr", type=float, default=1.0e-3,
+                        help="learning rate of the cross-entropy epoch that makes the looping model")
     args = parser.parse_args()
     out = ROOT / args.out
     steps = args.steps.split(",")
@@ -153,7 +155,7 @@ def main() -> int:
     if "compare" in steps:
         results["compare"] = compare(start, out)
     if "loops" in steps:
-        results["loops"] = loops(start, out)
+        results["loops"] = loops(start, out, args.looping_lr)
     if "feedback" in steps:
         results["feedback"] = feedback(out)
     out.mkdir(parents=True, exist_ok=True)
