@@ -185,6 +185,8 @@ def collect(cfg: Config, final_checkpoint, steps_run: int | None) -> dict:
 def summary_table(summary: dict) -> str:
     """The final table: one column per evaluated split."""
     splits = [s for s in EVAL_SPLITS if s in summary]
+    if not splits:  # a table of metric names with no column would read as a failed evaluation
+        return "no evaluation split (data.eval and data.general_eval unset): nothing measured"
     lines = [f"{'metric':<18}" + "".join(f"{s:>14}" for s in splits)]
     for key in METRIC_KEYS:
         cells = []

@@ -32,7 +32,8 @@ def training_curves(history: list[dict], out: Path) -> Path:
     wer_ax.set(xlabel="step", ylabel="WER %", title="word error rate")
     for ax in (loss_ax, wer_ax):
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.lines:  # a run without evaluation splits has no WER curve: an empty panel, not a legend warning
+            ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -44,3 +44,13 @@ def test_summary_table_and_training_curves(tmp_path):
                for s in range(0, 30, 10)]
     out = plots.training_curves(history, tmp_path / "curves.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_a_run_without_evaluation_splits_says_so_and_plots_its_loss_without_warnings(tmp_path):
+    import warnings
+
+    assert finetune.summary_table({"step": 8}).startswith("no evaluation split")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns of a legend with nothing to label
+        out = plots.training_curves([{"step": s, "train_loss": 3 - s} for s in (1, 2)], tmp_path / "loss.png")
+    assert out.stat().st_size > 10_000

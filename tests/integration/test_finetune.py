@@ -139,14 +139,15 @@ def test_two_workers_of_one_cpu_each_on_two_cpus_stop_within_a_minute_with_one_l
 
 def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_path):
     out, log = tmp_path / "run", tmp_path / "run.log"
-    # One epoch (8 batches, checkpoints every 2 steps) of minimum-WER training under ZeRO-3: every step decodes
-    # each clip's N-best with the model being trained, both ranks stepping the decoder together. Step 3's first
-    # batch gives a NaN loss (skipped: the epoch ends at step 7); rank 1 dies while copying step 4's checkpoint,
-    # leaving it torn: the group is replaced and resumes from step 2 (not the torn 4), and writes step 4 again,
-    # whole. No evaluation splits: the untrained tiny model decodes to its token limits, and evaluation in
+    # One epoch (48 of the 64 rows: 6 batches, checkpoints every 2 steps) of minimum-WER training under ZeRO-3:
+    # every step decodes each clip's N-best with the model being trained, both ranks stepping the decoder
+    # together. Step 3's first batch gives a NaN loss (skipped: the epoch ends at step 5); rank 1 dies while
+    # copying step 4's checkpoint, leaving it torn: the group is replaced and resumes from step 2 (not the torn
+    # 4), and writes step 4 again, whole. No evaluation splits: the untrained tiny model decodes to its token limits, and evaluation in
     # lock-step is the LoRA run's subject below.
     run = _cli(out, "train.deepspeed.stage=3", "train.objective=mwer", "train.mwer.n_best=2", "train.eval_every_steps=2",
-               "train.fail_nan_at_step=3", "train.fail_during_save=4", "train.epochs=1", "data.eval=null", log=log)
+               "train.fail_nan_at_step=3", "train.fail_during_save=4", "train.epochs=1", "data.train_rows=48",
+               "data.eval=null", log=log)
     assert run.wait(timeout=500) == 0, log.read_text()[-4000:]
     text = log.read_text()
     assert "ZeRO-3" in text
@@ -155,7 +156,7 @@ def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_p
     assert "fault injection: rank 1 tears the checkpoint at step 4 and exits" in text  # the smoke config's 2 ranks
     assert "resumed from checkpoint at step 2 " in text
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["step"] == summary["last_step"] == 7 and 0 < summary["steps_run"] < 7  # resumed: fewer run than trained
+    assert summary["step"] == summary["last_step"] == 5 and 0 < summary["steps_run"] < 5  # resumed: fewer run than trained
     assert all(np.isfinite(_losses(out))) and (out / "model" / "model.safetensors").exists()
     from ray_asr import checkpoint
 
@@ -164,8 +165,9 @@ def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_p
 
 
 def test_nan_policy_stop_ends_the_run_at_once_naming_the_step_and_rows(tmp_path):
-    cfg = _smoke(tmp_path, "train.nan_policy=stop", "train.fail_nan_at_step=2", "train.max_failures=0",
-                 "data.general_eval=null", "data.eval=null")
+    # One worker: a stop is decided on rank 0 and the two-rank agreement is the ZeRO-3 run's subject above.
+    cfg = _smoke(tmp_path, "scaling.num_workers=1", "train.nan_policy=stop", "train.fail_nan_at_step=2",
+                 "train.max_failures=0", "data.general_eval=null", "data.eval=null")
     with pytest.raises(finetune.RunStopped, match=r"^non-finite loss at step 2 \(rows: train\.jsonl:\d+[^)]*\); "
                                                   r"train.nan_policy is stop"):
         finetune.run(cfg)
@@ -173,7 +175,8 @@ def test_nan_policy_stop_ends_the_run_at_once_naming_the_step_and_rows(tmp_path)
 
 
 def test_an_unwritable_checkpoint_stops_with_one_line_and_keeps_the_previous(tmp_path):
-    cfg = _smoke(tmp_path, "train.eval_every_steps=2", "data.general_eval=null", "data.eval=null")
+    cfg = _smoke(tmp_path, "scaling.num_workers=1", "train.eval_every_steps=2", "data.general_eval=null",
+                 "data.eval=null")
     blocked = Path(finetune.storage_path(cfg)) / cfg.train.run_name / "step-0000004"
     blocked.parent.mkdir(parents=True)
     blocked.write_text("a file where step 4's folder must go: storage refuses it, as a full disk does")
@@ -242,7 +245,8 @@ def test_ctrl_c_stops_a_run_with_one_line_and_exit_130(tmp_path):
     import ray
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    run = subprocess.Popen([sys.executable, "-m", "ray_asr", "finetune", str(SMOKE), f"output_dir={tmp_path / 'run'}"],
+    run = subprocess.Popen([sys.executable, "-m", "ray_asr", "finetune", str(SMOKE), f"output_dir={tmp_path / 'run'}",
+                            "scaling.num_workers=1"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
     lines = []
     for line in run.stdout:  # the run is training once the workers have said what they train
