@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import soundfile as sf
+import soxr
 from audio_fixtures import build_catalogue
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -108,6 +109,9 @@ def test_any_rate_and_channel_count_becomes_16k_mono(rate, channels, seconds):
     wave = audio.to_mono_16k(*audio.decode(buf.getvalue()))
     assert wave.ndim == 1 and wave.dtype == np.float32
     assert abs(len(wave) - frames * audio.SAMPLE_RATE / rate) <= 2
+    mono = signal.mean(axis=1, dtype=np.float32)  # the downmix, whatever the channel count (one: the channel itself)
+    expected = mono if rate == audio.SAMPLE_RATE else soxr.resample(mono, rate, audio.SAMPLE_RATE, quality="HQ")
+    assert np.allclose(wave, expected, atol=1e-6)
 
 
 def _ramp_rows(tmp_path, segments):
