@@ -104,11 +104,11 @@ def compare(start: str, out: Path) -> dict:
 
 
 def loops(start: str, out: Path, looping_lr: float) -> dict:
-    looping = out / "looping"
+    looping = out / f"looping-lr{looping_lr:g}"  # one folder per rate: a rerun at another never reuses this one
     broken = _finetune(looping, f"model.name_or_path={start}", "train.objective=ce", f"train.learning_rate={looping_lr}",
                        "train.eval_at_start=false")
     # the looping model's own final evaluation is the "before": scoring it again would decode its runaways twice
-    fixed = _finetune(out / "unloop", f"model.name_or_path={looping / 'model'}", "train.objective=mwer",
+    fixed = _finetune(out / f"unloop-lr{looping_lr:g}", f"model.name_or_path={looping / 'model'}", "train.objective=mwer",
                       "train.eval_at_start=false")
     keys = ("wer", "runaway_outputs", "repetition_rate")
     return {split: {"looping": {k: _metric(broken["end"], split, k) for k in keys},
@@ -137,8 +137,9 @@ def main() -> int:
                         help="a finished cross-entropy run (its first epoch is used; `ray-asr demo` writes runs/demo) "
                              "or a model folder")
     parser.add_argument("--out", default="runs/reward")
-    parser.add_argument("--looping-lr", type=float, default=1.0e-3,
-                        help="learning rate of the cross-entropy epoch that makes the looping model")
+    parser.add_argument("--looping-lr", type=float, default=3.0e-4,
+                        help="learning rate of the cross-entropy epoch that makes the looping model (1e-3 breaks "
+                             "far more than stopping: 100%% WER)")
     args = parser.parse_args()
     out = ROOT / args.out
     steps = args.steps.split(",")
