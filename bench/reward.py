@@ -104,11 +104,12 @@ def compare(start: str, out: Path) -> dict:
 
 
 def loops(start: str, out: Path, looping_lr: float) -> dict:
-    looping = out / f"looping-lr{looping_lr:g}"  # one folder per rate: a rerun at another never reuses this one
+    rate = f"lr{looping_lr:g}"  # one folder pair per rate: a rerun at another never reuses these
+    looping = out / f"looping-{rate}"
     broken = _finetune(looping, f"model.name_or_path={start}", "train.objective=ce", f"train.learning_rate={looping_lr}",
                        "train.eval_at_start=false")
     # the looping model's own final evaluation is the "before": scoring it again would decode its runaways twice
-    fixed = _finetune(out / f"unloop-lr{looping_lr:g}", f"model.name_or_path={looping / 'model'}", "train.objective=mwer",
+    fixed = _finetune(out / f"unloop-{rate}", f"model.name_or_path={looping / 'model'}", "train.objective=mwer",
                       "train.eval_at_start=false")
     keys = ("wer", "runaway_outputs", "repetition_rate")
     return {split: {"looping": {k: _metric(broken["end"], split, k) for k in keys},

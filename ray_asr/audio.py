@@ -88,10 +88,12 @@ def decode(data: bytes, name: str = "audio") -> tuple[np.ndarray, int]:
 
 def to_mono_16k(audio: np.ndarray, rate: int) -> np.ndarray:
     """`(frames, channels)` at any rate → `(samples,)` float32 mono at 16 kHz (mean downmix, soxr)."""
-    if audio.ndim == 2 and audio.shape[1] == 1:  # most speech: a view, where a mean over one channel costs 0.5 ms a 5 s clip
+    if audio.ndim == 1:
+        mono = audio.astype(np.float32)
+    elif audio.shape[1] == 1:  # most speech: a view, where a mean over one channel costs 0.5 ms a 5 s clip
         mono = audio.reshape(-1).astype(np.float32, copy=False)
     else:
-        mono = audio.mean(axis=1, dtype=np.float32) if audio.ndim == 2 else audio.astype(np.float32)
+        mono = audio.mean(axis=1, dtype=np.float32)
     if not np.isfinite(mono).all():
         raise Rejected("non_finite_samples", "audio holds NaN or Inf samples")
     if rate != SAMPLE_RATE:

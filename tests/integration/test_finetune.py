@@ -143,8 +143,8 @@ def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_p
     # every step decodes each clip's N-best with the model being trained, both ranks stepping the decoder
     # together. Step 3's first batch gives a NaN loss (skipped: the epoch ends at step 5); rank 1 dies while
     # copying step 4's checkpoint, leaving it torn: the group is replaced and resumes from step 2 (not the torn
-    # 4), and writes step 4 again, whole. No evaluation splits: the untrained tiny model decodes to its token limits, and evaluation in
-    # lock-step is the LoRA run's subject below.
+    # 4), and writes step 4 again, whole. No evaluation splits: the untrained tiny model decodes to its token
+    # limits, and evaluation in lock-step is the LoRA run's subject below.
     run = _cli(out, "train.deepspeed.stage=3", "train.objective=mwer", "train.mwer.n_best=2", "train.eval_every_steps=2",
                "train.fail_nan_at_step=3", "train.fail_during_save=4", "train.epochs=1", "data.train_rows=48",
                "data.eval=null", log=log)
