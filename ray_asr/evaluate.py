@@ -127,6 +127,14 @@ class Scorer:
         self.language = labels.language_code(language or config.language or "en")
         self.tokenizer = labels.load_tokenizer(model_dir, self.language, config.task or "transcribe")
 
+    def features(self, waves: list[np.ndarray]) -> torch.Tensor:
+        """Log-mel of a batch of waves on the model's device, in its dtype (a model training in bf16 takes bf16)."""
+        from ray_asr.collate import stack_waves
+        from ray_asr.features import log_mel
+
+        features = log_mel(stack_waves(waves).to(self.device), self.model.config.num_mel_bins)
+        return features.to(self.model.dtype)
+
     def prompt_ids(self, prompt: str | None) -> torch.Tensor | None:
         from ray_asr import vocabulary
 
@@ -138,15 +146,14 @@ class Scorer:
         """Per-utterance rows for `clips`, each wave first passed through `transform(wave, clip)` if given;
         `language` forces the decoding's language token (default: each clip's own, from its row's `language` or
         the model's)."""
-        from ray_asr.collate import pad_labels, stack_waves
-        from ray_asr.features import log_mel
+        from ray_asr.collate import pad_labels
 
         prompt_ids = self.prompt_ids(prompt)
         out = []
         for start in range(0, len(clips), self.batch_size):
             chunk = clips[start : start + self.batch_size]
             waves = [transform(c.wave, c) if transform else c.wave for c in chunk]
-            features = log_mel(stack_waves(waves).to(self.device), self.model.config.num_mel_bins)
+            features = self.features(waves)
             limits = token_limits(pad_labels([c.labels for c in chunk]))
             if prompt_ids is not None:  # the prompt takes decoder positions from the transcript
                 limits = [max(1, min(limit, MAX_TARGET_TOKENS - PROMPT_TOKENS - len(prompt_ids))) for limit in limits]

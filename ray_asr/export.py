@@ -35,13 +35,13 @@ if TYPE_CHECKING:
 
 def trainable_state(engine) -> dict[str, torch.Tensor]:
     """fp32 values of every trainable parameter, by name (collective under ZeRO-3: every rank calls it)."""
-    from deepspeed.utils import safe_get_full_fp32_param
+    from ray_asr.zero import fp32_master, unfused_masters
 
-    state = {}
+    state, unfused = {}, unfused_masters(engine)
     for name, param in engine.module.named_parameters():
         if not param.requires_grad:
             continue
-        full = safe_get_full_fp32_param(param)
+        full = fp32_master(param, unfused)
         state[name] = (full if full is not None else param.data).detach().float().cpu().clone()
     return state
 

@@ -119,13 +119,6 @@ class Probe:
 
     # --- the sets -------------------------------------------------------------------------------------
 
-    def _features(self, waves: list[np.ndarray]):
-        from ray_asr.collate import stack_waves
-        from ray_asr.features import log_mel
-
-        features = log_mel(stack_waves(waves).to(self.scorer.device), self.model.config.num_mel_bins)
-        return features.to(self.model.dtype)
-
     def _waves(self, source: str) -> list[tuple[dict, np.ndarray]]:
         from ray_asr import sources
         from ray_asr.prepare import row_audio
@@ -147,7 +140,7 @@ class Probe:
         for start in range(0, len(rows), self.scorer.batch_size):
             chunk = rows[start : start + self.scorer.batch_size]
             with torch.no_grad():
-                out = self.model.generate(input_features=self._features([w for _, w in chunk]),
+                out = self.model.generate(input_features=self.scorer.features([w for _, w in chunk]),
                                           language=self.scorer.language, task="transcribe", return_timestamps=True,
                                           max_new_tokens=TIMESTAMP_TOKEN_LIMIT)
             sequences = out.sequences if hasattr(out, "sequences") else out
@@ -200,7 +193,7 @@ class Probe:
         for start in range(0, len(clips), self.scorer.batch_size):
             chunk = clips[start : start + self.scorer.batch_size]
             with torch.no_grad():
-                ids = self.model.detect_language(input_features=self._features([c.wave for c in chunk]))
+                ids = self.model.detect_language(input_features=self.scorer.features([c.wave for c in chunk]))
             detected += [self.tokenizer.backend.id_to_token(int(i)).strip("<|>") for i in ids.flatten().tolist()]
         by_language: dict[str, list] = {}
         for clip, guess in zip(clips, detected, strict=True):
@@ -224,7 +217,7 @@ class Probe:
         for start in range(0, len(rows), self.scorer.batch_size):
             chunk = rows[start : start + self.scorer.batch_size]
             ids, _ = generate(self.model, [NOISE_TOKEN_LIMIT] * len(chunk), self.tokenizer.eos_token_id,
-                              input_features=self._features([w for _, w in chunk]))
+                              input_features=self.scorer.features([w for _, w in chunk]))
             outputs += [self.tokenizer.decode(i).strip() for i in ids]
         return (noise_scores(outputs, self.scorer.language),
                 {"outputs": [{"id": row["id"], "hypothesis": text} for (row, _), text in zip(rows, outputs)]})

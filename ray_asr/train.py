@@ -49,7 +49,7 @@ from ray_asr.data import READ_TASK_CPUS
 from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
 from ray_asr.eval_cache import EvalCache
 from ray_asr.watchdog import Watchdog
-from ray_asr.zero import deepspeed_config, effective, init_distributed, optimizer
+from ray_asr.zero import deepspeed_config, effective, fp32_values, init_distributed, optimizer, restore_masters
 
 # Through logging, not print: Ray Train tees worker prints to stdout and its logger, so a print shows twice.
 log = logging.getLogger(__name__)
@@ -182,8 +182,10 @@ class Worker:
         total = self.plan["steps_per_epoch"] * self.cfg.train.epochs
         init_distributed(dist.get_backend())  # joins Ray's process group
         trainable = [p for p in net.parameters() if p.requires_grad]
+        loaded = fp32_values(net) if self.precision != "fp32" else {}
         engine, *_ = deepspeed.initialize(model=net, model_parameters=trainable, optimizer=optimizer(self.cfg.train, trainable),
                                           config=deepspeed_config(self.cfg.train, total, self.precision, net.config.d_model))
+        restore_masters(engine, loaded)
         checkpoint.use_safe_loading(engine)
         if cache is not None:
             self.boundary = FrozenBoundary(engine.module, depth, cache,

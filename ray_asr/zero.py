@@ -81,6 +81,49 @@ def deepspeed_config(train: TrainConfig, total_steps: int, precision: str | None
     return config
 
 
+def fp32_values(net) -> dict:
+    """Copies of the trainable parameters' loaded values, by name, for `restore_masters`."""
+    return {name: p.detach().clone() for name, p in net.named_parameters() if p.requires_grad}
+
+
+def restore_masters(engine, values: dict) -> None:
+    """Puts the loaded fp32 values back into DeepSpeed's fp32 master copies (every rank calls it).
+
+    In bf16 and fp16 DeepSpeed casts the module first and builds its masters from the cast, so every trainable
+    weight would start rounded to 8 bits of mantissa: a run whose best evaluation is its start would export a
+    model that is not the one it started from, and small updates would accumulate on rounded values.
+    """
+    from deepspeed.utils import safe_set_full_fp32_param
+
+    unfused = unfused_masters(engine)
+    for name, param in engine.module.named_parameters():
+        if name in values:
+            if id(param) in unfused:
+                unfused[id(param)].data.copy_(values[name])
+            else:
+                safe_set_full_fp32_param(param, values[name])
+
+
+def fp32_master(param, unfused: dict):
+    """The full fp32 master value of a trainable parameter (collective under ZeRO-3), or None where DeepSpeed keeps
+    none (fp32 without ZeRO: the parameter is its own master). `unfused`: `unfused_masters(engine)`."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    return unfused.get(id(param)) if id(param) in unfused else safe_get_full_fp32_param(param)
+
+
+def unfused_masters(engine) -> dict:
+    """fp32 masters by `id` of their parameter where DeepSpeed keeps them outside its fragment mapping: bf16 or
+    fp16 without ZeRO (stage 0) runs `FP16_UnfusedOptimizer`, whose copies `safe_get_full_fp32_param` cannot see
+    (it returns None, and the export would read the rounded bf16 values)."""
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    if not isinstance(engine.optimizer, FP16_UnfusedOptimizer):
+        return {}
+    return {id(low): master for lows, masters in zip(engine.optimizer.fp16_groups, engine.optimizer.fp32_groups)
+            for low, master in zip(lows, masters, strict=True)}
+
+
 def init_distributed(backend: str) -> None:
     """`deepspeed.init_distributed` (joining a process group already set up, as Ray Train's, or one from the
     environment) without JIT-compiling DeepSpeed's shared-memory all-reduce, in this process.
@@ -88,9 +131,47 @@ def init_distributed(backend: str) -> None:
     On the CPU accelerator DeepSpeed compiles it at every process-group start: tens of seconds on a fresh
     machine, and a process killed mid-compile leaves a lock file that every later run waits on without a
     word. Only DeepSpeed's inference all-reduce uses it; training reduces through torch.distributed.
+    On that accelerator it also gets a device name ZeRO-3 can compare with tensors' devices (`CpuDeviceName`).
     """
     import deepspeed
     import deepspeed.ops
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    _comparable_cpu_device()
     deepspeed.init_distributed(dist_backend=backend)
+
+
+class CpuDeviceName(str):
+    """The CPU accelerator's device name, `'cpu'`, that also equals `torch.device('cpu')`.
+
+    ZeRO-3 keeps no fp32 master copy of a rank's partition when the partition is already fp32 on the optimizer's
+    device, but it asks `partition.device == accelerator.current_device_name()`, a `torch.device` against the string
+    `'cpu'`, which torch never finds equal: every fp32 run on CPU held a second copy of its partition (461 MiB a
+    worker for whisper-small on 2 workers; BENCHMARKS.md, "ZeRO memory"). Everywhere else it is the plain string.
+    """
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other):
+        import torch
+
+        if isinstance(other, torch.device):
+            return torch.device(str(self)) == other
+        return str.__eq__(self, other)
+
+    def __ne__(self, other):
+        return not self == other
+
+
+def _comparable_cpu_device() -> None:
+    """Gives DeepSpeed, where it runs on its CPU accelerator, a device name that compares with tensors' devices
+    (`CpuDeviceName`); a CUDA (or any other) accelerator is left as it is."""
+    from deepspeed.accelerator import get_accelerator, set_accelerator
+    from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator
+
+    class CpuAccelerator(CPU_Accelerator):
+        def current_device_name(self):
+            return CpuDeviceName(super().current_device_name())
+
+    if type(get_accelerator()) is CPU_Accelerator:
+        set_accelerator(CpuAccelerator())

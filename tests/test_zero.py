@@ -59,7 +59,7 @@ from ray_asr import config, hardware, model
 from ray_asr.zero import deepspeed_config, init_distributed, optimizer
 init_distributed("gloo")
 precision = hardware.resolve_precision("auto", torch.device("cpu"))
-result = {}
+result = {"losses": {}, "precision": precision}
 for stage in (0, 2, 3):
     train = config.from_dict({}, [f"train.deepspeed.stage={stage}", "train.batch_size_per_worker=2",
                                   "train.learning_rate=1e-3", "train.warmup_steps=0"]).train
@@ -76,13 +76,34 @@ for stage in (0, 2, 3):
         engine.backward(loss)
         engine.step()
         losses.append(loss.item())
-    result[stage] = losses
+    result["losses"][stage] = losses
+    if stage == 3:  # whether the optimizer's fp32 partitions are the parameters' own (no second copy)
+        groups = zip(engine.optimizer.fp32_partitioned_groups_flat, engine.optimizer.fp16_partitioned_groups_flat)
+        result["master_is_partition"] = all(a.data_ptr() == b.data_ptr() for a, b in groups)
+# bf16 (no step taken, so any CPU will do): the exported trainable values are the loaded fp32 ones, not their
+# bf16 rounding, whether DeepSpeed keeps its masters unfused (stage 0) or in ZeRO's partitions.
+from ray_asr.export import trainable_state
+from ray_asr.zero import fp32_values, restore_masters
+result["bf16_masters_exact"] = {}
+for stage in (0, 2, 3):
+    train = config.from_dict({}, [f"train.deepspeed.stage={stage}", "train.batch_size_per_worker=2"]).train
+    m = model.apply_strategy(model.load(sys.argv[1]), train)
+    params = [p for p in m.parameters() if p.requires_grad]
+    loaded = fp32_values(m)
+    engine, *_ = deepspeed.initialize(model=m, model_parameters=params, optimizer=optimizer(train, params),
+                                      config=deepspeed_config(train, 20, "bf16"))
+    restore_masters(engine, loaded)
+    state = trainable_state(engine)
+    result["bf16_masters_exact"][stage] = state.keys() == loaded.keys() and all(
+        torch.equal(state[n], loaded[n]) for n in loaded)
 print(json.dumps(result))
 """
 
 
 def test_generated_config_trains_under_deepspeed_on_cpu(tiny_model):
-    """Single process, gloo, DeepSpeed's CPU accelerator, this CPU's `auto` precision: each ZeRO stage lowers the loss."""
+    """Single process, gloo, DeepSpeed's CPU accelerator, this CPU's `auto` precision: each ZeRO stage lowers the
+    loss, ZeRO-3 in fp32 keeps no second fp32 copy of the partition (`zero.CpuDeviceName`), and in bf16 the fp32
+    masters hold the loaded values exactly, where the export reads them (`zero.restore_masters`)."""
     import json
     import subprocess
     import sys
@@ -93,9 +114,12 @@ def test_generated_config_trains_under_deepspeed_on_cpu(tiny_model):
     run = subprocess.run([sys.executable, "-c", DEEPSPEED_SCRIPT, str(tiny_model), port], capture_output=True,
                          text=True, timeout=300, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
-    losses = json.loads(run.stdout.strip().splitlines()[-1])
-    for stage, values in losses.items():
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    for stage, values in result["losses"].items():
         assert values[-1] < values[0] - 0.1, (stage, values)
+    # ZeRO-3 in fp32 trains the partitions in place; in bf16 it keeps fp32 masters beside them.
+    assert result["master_is_partition"] == (result["precision"] == "fp32")
+    assert result["bf16_masters_exact"] == {"0": True, "2": True, "3": True}
 
 
 def test_one_worker_without_offload_runs_stage_0_and_anything_else_keeps_its_stage():
