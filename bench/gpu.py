@@ -126,6 +126,7 @@ def ray_asr_step(folder: Path, stage: int, args, device: torch.device, precision
     import deepspeed
 
     from ray_asr import model as model_lib
+    from ray_asr.train import teacher_forced_loss
     from ray_asr.zero import deepspeed_config, optimizer
 
     train = TrainConfig(strategy="full", batch_size_per_worker=args.batch, learning_rate=1e-5)
@@ -141,7 +142,7 @@ def ray_asr_step(folder: Path, stage: int, args, device: torch.device, precision
 
     def step():
         features = log_mel(waves, net.config.num_mel_bins).to(dtype)
-        loss = engine(input_features=features, labels=labels).loss
+        loss = teacher_forced_loss(engine, net.config, {"input_features": features}, {"labels": labels})
         engine.backward(loss)
         engine.step()
 

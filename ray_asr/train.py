@@ -85,6 +85,23 @@ def _dummy_batch(n_mels: int, eos: int, device) -> dict:
             "labels": torch.tensor([[eos]], device=device), "id": [""], "text": [""]}
 
 
+def teacher_forced_loss(forward, model_config, inputs: dict, batch: dict) -> torch.Tensor:
+    """Token-mean cross-entropy of the batch's labels, teacher-forced (after its prompt's `decoder_input_ids` where
+    it has them), with the log-softmax in fp32.
+
+    transformers' own loss takes the logits as the model makes them: in a bf16 run they are bf16, 8 bits of
+    mantissa on values near 20, whose rounding reached every token's probabilities and so the gradients.
+    """
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    decoder_inputs = batch.get("decoder_input_ids")
+    if decoder_inputs is None:
+        decoder_inputs = shift_tokens_right(batch["labels"], model_config.pad_token_id, model_config.decoder_start_token_id)
+    logits = forward(**inputs, decoder_input_ids=decoder_inputs, use_cache=False).logits
+    logp, count = reward.token_log_probs(logits, batch["labels"])
+    return -logp.sum() / count.sum().clamp(min=1)
+
+
 def cache_keys(split: str, ids, cacheable: bool) -> list[str | None]:
     """The activation cache's key of each clip of a batch: its split and row id; None (never cached) for the
     collator's no-speech clips, new noise every time, and for every clip of a batch that is not cacheable."""
@@ -373,8 +390,7 @@ class Worker:
                       else whisper_of(self.engine.module).get_encoder()(**inputs).last_hidden_state)
             loss = self.objective.loss(self.engine, hidden, batch, real, self.synced, self._agree_max, self.state.step)
         else:
-            prompted = {"decoder_input_ids": batch["decoder_input_ids"]} if "decoder_input_ids" in batch else {}
-            loss = self.engine(**inputs, **prompted, labels=batch["labels"], use_cache=False).loss
+            loss = teacher_forced_loss(self.engine, whisper_of(self.engine.module).config, inputs, batch)
         loss = loss if real else loss * 0.0
         if real and self._injects_nan():
             loss = loss * float("nan")
@@ -471,7 +487,7 @@ class Worker:
                 if "input_features" in inputs:  # the encoder once, for the loss and the decoding alike
                     encoder = whisper_of(model).get_encoder()
                     inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=encoder(**inputs).last_hidden_state)}
-                loss = model(**inputs, labels=batch["labels"], use_cache=False).loss
+                loss = teacher_forced_loss(model, whisper_of(model).config, inputs, batch)
                 limits = evaluate.token_limits(batch["labels"])
                 longest = self._agree_max(max(limits))
                 language = labels.languages_of(self.tokenizer, batch["labels"], self.cfg.model.language)

@@ -64,3 +64,37 @@ def test_lora_trains_only_adapters_outside_the_frozen_depth(tiny_model):
     assert any(".encoder.layers.1." in n for n in trainable) and any(".decoder.layers.0." in n for n in trainable)
     summary = model.trainable_summary(m)
     assert 0 < summary["share"] < 0.5
+
+
+def test_teacher_forced_loss_is_transformers_loss_in_fp32_and_keeps_fp32_from_bf16_logits(tiny_model):
+    """The training and evaluation loss (`train.teacher_forced_loss`) equals transformers' own on an fp32 model, with
+    and without a prompt's decoder inputs; on bf16 logits it is the fp32 cross-entropy of those logits, where
+    transformers' loss, computed in bf16, is off by more than its 8-bit rounding allows a loss to be read."""
+    from types import SimpleNamespace
+
+    from ray_asr.collate import IGNORE_INDEX
+    from ray_asr.train import teacher_forced_loss
+
+    net = model.load(str(tiny_model)).eval()
+    torch.manual_seed(0)
+    features = torch.randn(2, 80, 3000)
+    labels = torch.tensor([[258, 300, 301, 256], [258, 302, 256, IGNORE_INDEX]])
+    with torch.no_grad():
+        ours = teacher_forced_loss(net, net.config, {"input_features": features}, {"labels": labels})
+        theirs = net(input_features=features, labels=labels).loss
+        prompt = torch.tensor([[net.config.decoder_start_token_id, 300, 301, 302]] * 2)
+        masked = labels.clone()
+        masked[:, 0] = IGNORE_INDEX
+        prompted = teacher_forced_loss(net, net.config, {"input_features": features},
+                                       {"labels": masked, "decoder_input_ids": prompt})
+        theirs_prompted = net(input_features=features, decoder_input_ids=prompt, labels=masked).loss
+    assert torch.allclose(ours, theirs, atol=1e-6) and torch.allclose(prompted, theirs_prompted, atol=1e-6)
+
+    # Logits near 20, as a trained Whisper's are, in bf16.
+    logits = (20 * torch.randn(2, 4, 512)).to(torch.bfloat16)
+    config_ = SimpleNamespace(pad_token_id=256, decoder_start_token_id=1)
+    ours = teacher_forced_loss(lambda **_: SimpleNamespace(logits=logits), config_, {}, {"labels": labels})
+    reference = torch.nn.functional.cross_entropy(logits.float().reshape(-1, 512), labels.reshape(-1))
+    in_bf16 = torch.nn.functional.cross_entropy(logits.reshape(-1, 512), labels.reshape(-1))
+    assert ours.dtype == torch.float32 and abs(float(ours - reference)) < 1e-5
+    assert abs(float(in_bf16) - float(reference)) > 1e-3
