@@ -12,8 +12,8 @@ evaluation while training:
 
 Wall time is each command's own. Afterwards both models are scored by the same evaluator
 (`ray-asr evaluate`'s code) on the in-domain eval split and the general split (not timed).
-The encoder-frozen pair runs `--epochs` epochs; the full fine-tuning pair (nothing frozen) runs
-`--full-epochs` (0 skips it).
+The encoder-frozen pair runs `--epochs` epochs, the full fine-tuning pair (nothing frozen) `--full-epochs`;
+0 skips a pair.
 
     python bench/train_throughput.py [--epochs 3] [--full-epochs 1] [--workdir .]
 
@@ -145,7 +145,7 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of the encoder-frozen pair (0: skip)")
     parser.add_argument("--full-epochs", type=int, default=1, help="epochs of the full fine-tuning pair (0: skip)")
     parser.add_argument("--workdir", default=".")
     args = parser.parse_args()
@@ -156,7 +156,9 @@ def main() -> None:
         sys.exit("run `ray-asr demo` first: it imports whisper-base and builds the demo corpus")
     evals = {"in-domain": corpus / "eval.jsonl", "general": corpus / "general.jsonl"}
     print(f"machine: {machine()}", flush=True)
-    pairs = [("freeze", args.epochs)] + ([("full", args.full_epochs)] if args.full_epochs else [])
+    pairs = ([("freeze", args.epochs)] if args.epochs else []) + ([("full", args.full_epochs)] if args.full_epochs else [])
+    if not pairs:
+        sys.exit("nothing to run: --epochs and --full-epochs are both 0")
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
         for strategy, epochs in pairs:
