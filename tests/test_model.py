@@ -68,8 +68,8 @@ def test_lora_trains_only_adapters_outside_the_frozen_depth(tiny_model):
 
 def test_teacher_forced_loss_is_transformers_loss_in_fp32_and_keeps_fp32_from_bf16_logits(tiny_model):
     """The training and evaluation loss (`train.teacher_forced_loss`) equals transformers' own on an fp32 model, with
-    and without a prompt's decoder inputs; on bf16 logits it is the fp32 cross-entropy of those logits, where
-    transformers' loss, computed in bf16, is off by more than its 8-bit rounding allows a loss to be read."""
+    and without a prompt's decoder inputs; on bf16 logits it is the fp32 cross-entropy of those logits, from which
+    transformers' own loss, computed in bf16, is more than 1e-3 away."""
     from types import SimpleNamespace
 
     from ray_asr.collate import IGNORE_INDEX
