@@ -198,6 +198,12 @@ def token_log_probs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.
     return (picked * mask).sum(dim=1), mask.sum(dim=1)
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Token-mean cross-entropy over the targets that count (not `IGNORE_INDEX`), log-softmax in fp32."""
+    logp, count = token_log_probs(logits, targets)
+    return -logp.sum() / count.sum().clamp(min=1)
+
+
 def length_normalised(logits: torch.Tensor, targets: torch.Tensor, length_penalty: float) -> torch.Tensor:
     """Each sequence's log-probability divided by its scored length ** `length_penalty` (1: the token mean)."""
     logp, count = token_log_probs(logits, targets)
@@ -322,8 +328,7 @@ class Objective:
         batch_logits = logits[: len(labels), : labels.shape[1]]
         ce_targets = labels.clone()
         ce_targets[rows] = IGNORE_INDEX
-        logp, count = token_log_probs(batch_logits, ce_targets)
-        loss = -logp.sum() / count.sum().clamp(min=1) * (self.cfg.mwer.ce_weight if self.mwer else 1.0)
+        loss = cross_entropy(batch_logits, ce_targets) * (self.cfg.mwer.ce_weight if self.mwer else 1.0)
         if rows:
             hypothesis = labels[rows].clone()
             starts = (hypothesis != IGNORE_INDEX).int().argmax(dim=1).tolist()  # after any masked previous-text prompt

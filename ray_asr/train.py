@@ -98,8 +98,7 @@ def teacher_forced_loss(forward, model_config, inputs: dict, batch: dict) -> tor
     if decoder_inputs is None:
         decoder_inputs = shift_tokens_right(batch["labels"], model_config.pad_token_id, model_config.decoder_start_token_id)
     logits = forward(**inputs, decoder_input_ids=decoder_inputs, use_cache=False).logits
-    logp, count = reward.token_log_probs(logits, batch["labels"])
-    return -logp.sum() / count.sum().clamp(min=1)
+    return reward.cross_entropy(logits, batch["labels"])
 
 
 def cache_keys(split: str, ids, cacheable: bool) -> list[str | None]:

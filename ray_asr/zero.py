@@ -109,7 +109,8 @@ def fp32_master(param, unfused: dict):
     none (fp32 without ZeRO: the parameter is its own master). `unfused`: `unfused_masters(engine)`."""
     from deepspeed.utils import safe_get_full_fp32_param
 
-    return unfused.get(id(param)) if id(param) in unfused else safe_get_full_fp32_param(param)
+    master = unfused.get(id(param))
+    return master if master is not None else safe_get_full_fp32_param(param)
 
 
 def unfused_masters(engine) -> dict:
