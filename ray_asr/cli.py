@@ -29,11 +29,15 @@ def _finetune(args) -> int:
 
 
 def _tune(args) -> int:
-    from ray_asr import builtin, config, tune
+    from ray_asr import builtin, cluster, config, tune
 
     cfg = config.load(args.config, args.overrides)
     tune.check(cfg)  # before built-in assets are made and Ray starts
-    rows = tune.run(builtin.resolve(cfg))
+    cfg = builtin.resolve(cfg)
+    # Tune's table, the base score's bars and the summary are drawn by this process; the trials' workers would
+    # add Ray Data's per-dataset bars and Ray's own warnings, as finetune keeps them in Ray's logs.
+    cluster.connect(cfg.ray.address, log_to_driver=args.verbose)
+    rows = tune.run(cfg)
     failed = sum(bool(row["error"]) for row in rows)
     if failed == len(rows):
         print(f"ray-asr tune: every trial failed ({failed} of {len(rows)}); their errors are under {cfg.output_dir}/tune "

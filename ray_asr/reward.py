@@ -204,6 +204,19 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -logp.sum() / count.sum().clamp(min=1)
 
 
+def decoder_inputs(batch: dict, model_config) -> torch.Tensor:
+    """The batch's teacher-forced decoder inputs: its prompted `decoder_input_ids` where it has them, else its labels
+    shifted right behind the start token. The id written where a label is padding never reaches the loss: the
+    padding ends a label, and a causal decoder's inputs there only predict padding positions."""
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
+
+    given = batch.get("decoder_input_ids")
+    if given is not None:
+        return given
+    pad = model_config.pad_token_id if model_config.pad_token_id is not None else model_config.eos_token_id
+    return shift_tokens_right(batch["labels"], pad, model_config.decoder_start_token_id)
+
+
 def length_normalised(logits: torch.Tensor, targets: torch.Tensor, length_penalty: float) -> torch.Tensor:
     """Each sequence's log-probability divided by its scored length ** `length_penalty` (1: the token mean)."""
     logp, count = token_log_probs(logits, targets)
@@ -296,14 +309,9 @@ class Objective:
         """`engine`: DeepSpeed's (its `module` decodes the N-best) or the model itself; `hidden`: the encoder's
         output for the batch (with gradient where the encoder trains); `agree_max` makes every rank decode as
         long (ZeRO-3 steps in lock-step)."""
-        from transformers.models.whisper.modeling_whisper import shift_tokens_right
-
         generator_model = getattr(engine, "module", engine)
-        labels = batch["labels"]
-        pad, start = self.tokenizer.eos_token_id, generator_model.config.decoder_start_token_id
-        decoder_inputs = batch.get("decoder_input_ids")
-        if decoder_inputs is None:
-            decoder_inputs = shift_tokens_right(labels, pad, start)
+        labels, pad = batch["labels"], self.tokenizer.eos_token_id
+        decoder_input_ids = decoder_inputs(batch, generator_model.config)
         rows = rated(batch) if real else []
         hyps = None
         if self.mwer:
@@ -314,8 +322,8 @@ class Objective:
                          self.cfg.mwer.sampling, self.cfg.mwer.temperature, limits, synced,
                          seed=self.seed * 1_000_003 + step, hidden=hidden.detach(), max_new_tokens=longest)
             engine.train()
-        width = decoder_inputs.shape[1]
-        inputs, owner = [decoder_inputs], list(range(len(labels)))
+        width = decoder_input_ids.shape[1]
+        inputs, owner = [decoder_input_ids], list(range(len(labels)))
         if hyps is not None:
             nbest_inputs, nbest_targets = teacher_forced(hyps.sequences, evaluate.PROMPT_TOKENS, pad, hidden.device)
             width = max(width, nbest_inputs.shape[1])

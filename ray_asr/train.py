@@ -92,12 +92,7 @@ def teacher_forced_loss(forward, model_config, inputs: dict, batch: dict) -> tor
     transformers' own loss takes the logits as the model makes them: in a bf16 run they are bf16, 8 bits of
     mantissa on values near 20, whose rounding reached every token's probabilities and so the gradients.
     """
-    from transformers.models.whisper.modeling_whisper import shift_tokens_right
-
-    decoder_inputs = batch.get("decoder_input_ids")
-    if decoder_inputs is None:
-        decoder_inputs = shift_tokens_right(batch["labels"], model_config.pad_token_id, model_config.decoder_start_token_id)
-    logits = forward(**inputs, decoder_input_ids=decoder_inputs, use_cache=False).logits
+    logits = forward(**inputs, decoder_input_ids=reward.decoder_inputs(batch, model_config), use_cache=False).logits
     return reward.cross_entropy(logits, batch["labels"])
 
 

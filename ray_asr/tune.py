@@ -43,15 +43,20 @@ def _domain(space: dict):
     return {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}[kind](*args)
 
 
-def param_space(cfg: Config, reserved: float = 0.0, base_row: dict | None = None) -> dict:
-    """Tune's search space: dotted config keys → distributions, plus constants: the base config, each trial's
-    share of the machine (`reserved`: CPUs it leaves to the others) and the starting model's evaluation."""
+def param_space(cfg: Config) -> dict:
+    """Tune's search space: dotted config keys → distributions. Only these reach Tune's config, so its console
+    lines name a trial's sampled values and nothing else (`constants` travel beside them)."""
     space = {"train.learning_rate": _domain(cfg.tune.learning_rate),
              "train.frozen_encoder_layers": _domain(cfg.tune.frozen_encoder_layers)}
     space.update({key: _domain(value) for key, value in cfg.tune.space.items()})
+    return {"searched": space}
+
+
+def constants(cfg: Config, reserved: float = 0.0, base_row: dict | None = None) -> dict:
+    """What every trial shares: the base config, each trial's share of the machine (`reserved`: CPUs it leaves to
+    the others), the search folder and the starting model's evaluation."""
     base = finetune.absolute_paths(config.to_dict(cfg))  # trials run in their own folders
-    return {"searched": space, "base": base, "root": str(Path(cfg.output_dir).resolve()), "reserved": reserved,
-            "base_row": base_row}
+    return {"base": base, "root": str(Path(cfg.output_dir).resolve()), "reserved": reserved, "base_row": base_row}
 
 
 def apply(values: dict, key: str, value) -> None:
@@ -118,11 +123,13 @@ def trial_config(params: dict, trial_id: str) -> Config:
     return config.from_dict(values)
 
 
-def run_trial(params: dict) -> None:
-    """Tune's trainable: one finetune run whose evaluations reach Tune as they happen."""
+def run_trial(params: dict, shared: dict) -> None:
+    """Tune's trainable: one finetune run whose evaluations reach Tune as they happen. `params`: the sampled
+    values (`param_space`); `shared`: `constants`."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    params = {**shared, **params}
     cfg = trial_config(params, tune.get_context().get_trial_id())
     summary = finetune.run(cfg, callbacks=[TuneReportCallback()], reserved=params.get("reserved", 0.0),
                            base_row=params.get("base_row"), show_progress=False)
@@ -201,7 +208,9 @@ def _tuner(cfg: Config, concurrency: int, base: dict):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
-    trainable = tune.with_resources(run_trial, {"CPU": TRIAL_FUNCTION_CPUS})
+    # The constants go by object reference: in Tune's config they would be printed whole at every trial's start.
+    trainable = tune.with_resources(tune.with_parameters(run_trial, shared=constants(cfg, _reserved(cfg, concurrency), base)),
+                                    {"CPU": TRIAL_FUNCTION_CPUS})
     path = Path(cfg.output_dir).resolve() / "tune"
     if tune.Tuner.can_restore(str(path / EXPERIMENT)):
         print(f"resuming the search in {path / EXPERIMENT}")
@@ -221,7 +230,7 @@ def _tuner(cfg: Config, concurrency: int, base: dict):
                               reduction_factor=cfg.tune.reduction_factor, max_t=10_000)
     return tune.Tuner(
         trainable,
-        param_space=param_space(cfg, _reserved(cfg, concurrency), base),
+        param_space=param_space(cfg),
         tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode="min", num_samples=cfg.tune.num_samples, search_alg=search,
                                     scheduler=scheduler, max_concurrent_trials=concurrency),
         run_config=tune.RunConfig(name=EXPERIMENT, storage_path=str(path)),
