@@ -111,6 +111,11 @@ class DataConfig:
     """Memory (MiB) each training worker may keep its share of `eval` and `general_eval` in after their first
     pass, so later evaluations skip the data tier (int16 audio: ~110 MiB an hour); a split that does not fit on
     every worker streams each time. 0 streams every evaluation."""
+    train_cache_mb: float = 512.0
+    """Memory (MiB) each training worker may keep its share of the training split in after the first epoch, where
+    no waveform augmentation makes epochs differ: later epochs reshuffle it in memory and leave the data tier idle
+    (on a small machine its processes would share the trainers' cores). A split that does not fit on every worker
+    streams each epoch. 0 streams every epoch."""
     preprocess: list = field(default_factory=list)
     """Transforms applied to every split, every epoch, before augmentation (e.g. `[{name: denoise}]` for noisy inputs)."""
     augment_num_cpus: float | str = "auto"
@@ -169,6 +174,7 @@ class DataConfig:
              self.max_rejected_fraction)
         need(self.prepare_batch_size >= 1, "data.prepare_batch_size", "must be >= 1", self.prepare_batch_size)
         need(self.eval_cache_mb >= 0, "data.eval_cache_mb", "must be >= 0", self.eval_cache_mb)
+        need(self.train_cache_mb >= 0, "data.train_cache_mb", "must be >= 0", self.train_cache_mb)
         for key in ("prepare_num_cpus", "augment_num_cpus"):
             value = getattr(self, key)
             auto_or(f"data.{key}", value, not isinstance(value, str) and value > 0, "must be > 0")
@@ -320,7 +326,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward: less memory, about a third more compute."""
     shuffle_buffer: int = 64
-    """Clips each worker shuffles locally as they stream in (0 = stream order)."""
+    """Clips each worker shuffles locally as they stream in (0 = stream order). A training split kept in memory
+    (`data.train_cache_mb`) is reshuffled whole each later epoch."""
     keep_checkpoints: int = 2
     """Checkpoints kept, best eval WER first (the latest is always kept too)."""
     max_failures: int = 2

@@ -1,4 +1,5 @@
-"""Each training worker keeps its share of the evaluation splits after their first pass.
+"""Each training worker keeps its share of the evaluation splits after their first pass (and of the training split
+after its first epoch, where nothing augments it: `shuffled` deals it out again each epoch).
 
 Evaluation runs every `train.eval_every_steps` on the same, never augmented rows. Streaming them
 through the data tier each time costs a new Ray Data execution (its coordinator, read tasks and
@@ -87,6 +88,18 @@ class EvalCache:
             if (every_rank or all_ranks)(kept is not None, device):
                 self.kept[split] = kept
         return split in self.kept
+
+
+def shuffled(batches: list[dict[str, np.ndarray]], batch_size: int, rng: np.random.Generator) -> Iterator[dict]:
+    """The rows of kept raw batches in a new order (`rng`), `batch_size` at a time: an epoch replayed from memory
+    as a shuffled stream would give it, every row once."""
+    if not batches:
+        return
+    columns = {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+    order = rng.permutation(len(next(iter(columns.values()))))
+    for start in range(0, len(order), batch_size):
+        chosen = order[start : start + batch_size]
+        yield {name: column[chosen] for name, column in columns.items()}
 
 
 def all_ranks(flag: bool, device) -> bool:

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
@@ -47,7 +48,7 @@ from ray_asr.activation_cache import ActivationCache, default_folder
 from ray_asr.checkpoint import RunState
 from ray_asr.data import READ_TASK_CPUS
 from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
-from ray_asr.eval_cache import EvalCache
+from ray_asr.eval_cache import EvalCache, shuffled
 from ray_asr.watchdog import Watchdog
 from ray_asr.zero import deepspeed_config, effective, fp32_values, init_distributed, optimizer, restore_masters
 
@@ -138,6 +139,8 @@ class Worker:
         self.clips, self.step_seconds = 0, 0.0  # real clips trained and time in steps since the last evaluation
         self.predictions: dict[str, list[dict]] = {}  # split → per-utterance rows of the latest evaluation
         self.eval_cache = EvalCache(self.cfg.data.eval_cache_mb)
+        # Augmented clips differ every epoch; SpecAugment and the collator's other additions act after the cache.
+        self.train_cache = EvalCache(0 if self.cfg.augment else self.cfg.data.train_cache_mb)
         self.exported_step = 0
         self.skipped_batches = 0  # updates skipped for a non-finite loss or gradients (`train.nan_policy`)
         self.nan_injected = False
@@ -197,6 +200,10 @@ class Worker:
         engine, *_ = deepspeed.initialize(model=net, model_parameters=trainable, optimizer=optimizer(self.cfg.train, trainable),
                                           config=deepspeed_config(self.cfg.train, total, self.precision, net.config.d_model))
         restore_masters(engine, loaded)
+        if self.world == 1 and self.cfg.train.deepspeed.stage == 0:
+            # One rank's all-reduce is the identity, yet DeepSpeed flattens every gradient into buckets and copies
+            # them back each step (~75 ms of a whisper-base decoder step, measured). ZeRO stages need the call.
+            engine.enable_backward_allreduce = False
         checkpoint.use_safe_loading(engine)
         if cache is not None:
             self.boundary = FrozenBoundary(engine.module, depth, cache,
@@ -318,11 +325,7 @@ class Worker:
             self.state.history.append(self.plan.get("base_row") or self._eval_row(epoch=0))
             self._track_best(final=False)  # the starting model is a candidate too: a fine-tune may never beat it
         for epoch in range(self.state.epoch, self.cfg.train.epochs):
-            shard = ray.train.get_dataset_shard("train")
-            batches = shard.iter_torch_batches(
-                batch_size=self.cfg.train.batch_size_per_worker, collate_fn=self.train_collate, prefetch_batches=2,
-                local_shuffle_buffer_size=self.cfg.train.shuffle_buffer or None,
-                local_shuffle_seed=self.cfg.train.seed + 1000 * epoch + self.rank)
+            batches = map(self.train_collate, self._train_rows(epoch))
             skip = self.state.batches_done  # resumed mid-epoch: batches trained before the restart
             self._start_train_bar()
             for n, (batch, real) in enumerate(lockstep(self._watched(batches), self.dummy, self.control)):
@@ -338,11 +341,33 @@ class Worker:
                         break
                     self._start_train_bar()
             if not self.state.stopped_early:
+                self._settle_train_rows()
                 self.state.epoch, self.state.batches_done = epoch + 1, 0
                 self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
             if self.state.stopped_early:  # at an evaluation in or at the end of this epoch
                 self._evaluate_and_checkpoint(epoch + 1, final=True)  # evaluated already: the final checkpoint
                 return
+
+    def _train_rows(self, epoch: int):
+        """This rank's raw training batches for `epoch`: its shard streamed and shuffled by the data tier (and kept
+        on the first pass, within `data.train_cache_mb`), or, once kept, the kept rows in this epoch's order."""
+        size, seed = self.cfg.train.batch_size_per_worker, self.cfg.train.seed + 1000 * epoch + self.rank
+        kept = self.train_cache.kept.get("train")
+        if kept is not None:  # train.shuffle_buffer: 0 asks for stream order, the first epoch's
+            return shuffled(kept, size, np.random.default_rng(seed)) if self.cfg.train.shuffle_buffer else iter(kept)
+        stream = ray.train.get_dataset_shard("train").iter_batches(
+            batch_size=size, batch_format="numpy", prefetch_batches=2,
+            local_shuffle_buffer_size=self.cfg.train.shuffle_buffer or None, local_shuffle_seed=seed)
+        return self.train_cache.batches("train", stream)
+
+    def _settle_train_rows(self) -> None:
+        """After a whole epoch on every rank (collective): keeps the training split where every rank's share fit."""
+        if "train" in self.train_cache.settled or self.train_cache.limit <= 0:
+            return
+        kept = self.train_cache.settle("train", self.device)
+        if self.rank == 0:
+            log.info("[train] training split: " + ("kept in worker memory, reshuffled there each epoch" if kept else
+                                                   "over data.train_cache_mb on some worker, streamed every epoch"))
 
     def _start_train_bar(self) -> None:
         """The training bar, in optimizer steps over the whole run, drawn again after each evaluation's bar."""

@@ -10,7 +10,7 @@ import pytest
 import torch.distributed as dist
 from ports import free_ports
 
-from ray_asr.eval_cache import MIB, EvalCache, all_ranks, batch_bytes
+from ray_asr.eval_cache import MIB, EvalCache, all_ranks, batch_bytes, shuffled
 
 
 def _batches(count: int, samples: int = 1600, seed: int = 0) -> list[dict]:
@@ -105,3 +105,20 @@ def test_ranks_keep_a_split_only_when_every_share_fits(other_fits):
 
 def test_all_ranks_is_a_minimum_over_the_process_group(one_rank):
     assert all_ranks(True, "cpu") is True and all_ranks(False, "cpu") is False
+
+
+def test_a_kept_training_split_is_dealt_out_again_every_row_once_in_a_seeded_order():
+    kept = _batches(5)  # 10 rows, with variable-length labels as the data tier gives them
+    first = list(shuffled(kept, 4, np.random.default_rng(1)))
+    assert [len(b["id"]) for b in first] == [4, 4, 2]
+    rows = {i: (a, n, tuple(l)) for b in kept for i, a, n, l in zip(b["id"], b["audio"], b["num_samples"], b["labels"])}
+    dealt = [(i, a, n, tuple(l)) for b in first for i, a, n, l in zip(b["id"], b["audio"], b["num_samples"], b["labels"])]
+    assert sorted(i for i, *_ in dealt) == sorted(rows)  # every row once
+    assert all(rows[i] == (a, n, l) for i, a, n, l in dealt)  # columns stay together
+    again = list(shuffled(kept, 4, np.random.default_rng(1)))
+    other = list(shuffled(kept, 4, np.random.default_rng(2)))
+    order = [i for b in first for i in b["id"]]
+    assert order == [i for b in again for i in b["id"]]  # the epoch's seed decides
+    assert order != [i for b in other for i in b["id"]]
+    assert order != [i for b in kept for i in b["id"]]  # not the first epoch's order
+    assert list(shuffled([], 4, np.random.default_rng(0))) == []
