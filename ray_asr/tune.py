@@ -276,8 +276,8 @@ def write_outputs(cfg: Config, grid) -> list[dict]:
     if best["error"] or best["stopped_early"] or not best["constraint_ok"]:
         print("no trial finished within the constraints; best_config.yaml and best/ are not written")
         return rows
-    params = next(r.config for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"])
-    best_cfg = trial_config(params, best["trial_id"])
+    sampled = next(r.config for r in grid if (r.metrics or {}).get("trial_id") == best["trial_id"])
+    best_cfg = trial_config({**constants(cfg), **sampled}, best["trial_id"])
     (out / "best_config.yaml").write_text(
         f"# ray-asr finetune {out / 'best_config.yaml'}\n# best trial {best['trial_id']}: eval WER {best['wer']:.2%}\n"
         + yaml.safe_dump(config.to_dict(best_cfg), sort_keys=False))
