@@ -341,7 +341,8 @@ class Worker:
                         break
                     self._start_train_bar()
             if not self.state.stopped_early:
-                self._settle_train_rows()
+                self._settle(self.train_cache, "train", "[train] training split: kept in worker memory, reshuffled there "
+                             "each epoch", "[train] training split: over data.train_cache_mb on some worker, streamed every epoch")
                 self.state.epoch, self.state.batches_done = epoch + 1, 0
                 self._evaluate_and_checkpoint(epoch + 1, final=epoch + 1 == self.cfg.train.epochs)
             if self.state.stopped_early:  # at an evaluation in or at the end of this epoch
@@ -360,14 +361,13 @@ class Worker:
             local_shuffle_buffer_size=self.cfg.train.shuffle_buffer or None, local_shuffle_seed=seed)
         return self.train_cache.batches("train", stream)
 
-    def _settle_train_rows(self) -> None:
-        """After a whole epoch on every rank (collective): keeps the training split where every rank's share fit."""
-        if "train" in self.train_cache.settled or self.train_cache.limit <= 0:
-            return
-        kept = self.train_cache.settle("train", self.device)
-        if self.rank == 0:
-            log.info("[train] training split: " + ("kept in worker memory, reshuffled there each epoch" if kept else
-                                                   "over data.train_cache_mb on some worker, streamed every epoch"))
+    def _settle(self, cache: EvalCache, split: str, kept_says: str, streamed_says: str) -> None:
+        """After a whole pass over `split` on every rank (collective): `cache` keeps it where every rank's share fit;
+        rank 0 says which, once."""
+        first_pass = split not in cache.settled
+        kept = cache.settle(split, self.device)
+        if first_pass and self.rank == 0 and cache.limit > 0:
+            log.info(kept_says if kept else streamed_says)
 
     def _start_train_bar(self) -> None:
         """The training bar, in optimizer steps over the whole run, drawn again after each evaluation's bar."""
@@ -526,11 +526,8 @@ class Worker:
                     rows += evaluate.rows(self.tokenizer, ids, runaway, batch["text"], batch["id"])
                     self.report.advance(phase, len(ids), every_rank=True)
         self.report.end(phase)
-        first_pass = split not in self.eval_cache.settled
-        kept = self.eval_cache.settle(split, self.device)
-        if first_pass and self.rank == 0 and self.cfg.data.eval_cache_mb > 0:
-            log.info(f"[eval] {split}: " + ("kept in worker memory for later evaluations" if kept else
-                                            "over data.eval_cache_mb on some worker, streamed at every evaluation"))
+        self._settle(self.eval_cache, split, f"[eval] {split}: kept in worker memory for later evaluations",
+                     f"[eval] {split}: over data.eval_cache_mb on some worker, streamed at every evaluation")
         gathered = [None] * self.world
         dist.all_gather_object(gathered, (rows, loss_sum, loss_n, tally))
         all_rows = sorted((r for part, *_ in gathered for r in part), key=lambda r: r["id"])
