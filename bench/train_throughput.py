@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LEARNING_RATE, WARMUP_STEPS, GLOBAL_BATCH = 3e-5, 5, 8
+HF_DEFAULT_SEED = 42  # TrainingArguments.seed's default: the recipe's data order when --seed is not given
 
 HF_RECIPE = textwrap.dedent('''
     import json, sys, time
@@ -46,7 +47,7 @@ HF_RECIPE = textwrap.dedent('''
                               WhisperProcessor)
 
     model_dir, manifest, epochs, out, freeze = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
-    lr, warmup, batch = float(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8])
+    lr, warmup, batch, seed = float(sys.argv[6]), int(sys.argv[7]), int(sys.argv[8]), int(sys.argv[9])
     start = time.perf_counter()
     rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
     ds = Dataset.from_list([{"path": str(manifest.parent / r["audio"]), "sentence": r["text"]} for r in rows])
@@ -82,7 +83,7 @@ HF_RECIPE = textwrap.dedent('''
     model.generation_config.language, model.generation_config.task = "english", "transcribe"
     args = Seq2SeqTrainingArguments(output_dir=out, per_device_train_batch_size=batch, learning_rate=lr,
                                     warmup_steps=warmup, num_train_epochs=epochs, save_strategy="no",
-                                    eval_strategy="no", report_to=[], logging_steps=10, use_cpu=True)
+                                    eval_strategy="no", report_to=[], logging_steps=10, use_cpu=True, seed=seed)
     trainer = Seq2SeqTrainer(args=args, model=model, train_dataset=ds,
                              data_collator=DataCollatorSpeechSeq2SeqWithPadding(processor, model.config.decoder_start_token_id))
     trainer.train()
@@ -92,22 +93,23 @@ HF_RECIPE = textwrap.dedent('''
 ''')
 
 
-def run_hf(model_dir: Path, manifest: Path, epochs: int, out: Path, strategy: str) -> dict:
+def run_hf(model_dir: Path, manifest: Path, epochs: int, out: Path, strategy: str, seed: int | None) -> dict:
     env = {**os.environ, "HF_DATASETS_CACHE": str(out / "cache"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-c", HF_RECIPE, str(model_dir), str(manifest), str(epochs), str(out),
-                           strategy, str(LEARNING_RATE), str(WARMUP_STEPS), str(GLOBAL_BATCH)],
+                           strategy, str(LEARNING_RATE), str(WARMUP_STEPS), str(GLOBAL_BATCH), str(HF_DEFAULT_SEED if seed is None else seed)],
                           capture_output=True, text=True, env=env, check=False)
     if done.returncode:
         raise RuntimeError(done.stderr[-3000:])
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "model": out / "model"}
 
 
-def run_ours(model_dir: Path, manifest: Path, epochs: int, out: Path, strategy: str) -> dict:
+def run_ours(model_dir: Path, manifest: Path, epochs: int, out: Path, strategy: str, seed: int | None) -> dict:
     overrides = [f"model.name_or_path={model_dir}", f"data.train={manifest}", "data.eval=null",
                  "data.general_eval=null", f"output_dir={out}", f"train.epochs={epochs}", f"train.strategy={strategy}",
                  f"train.batch_size_per_worker={GLOBAL_BATCH}", f"train.learning_rate={LEARNING_RATE}",
                  f"train.warmup_steps={WARMUP_STEPS}", "train.precision=auto", "scaling.num_workers=auto",
                  "scaling.cpus_per_worker=auto", "train.eval_at_start=false"]
+    overrides += [] if seed is None else [f"train.seed={seed}"]
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "ray_asr", "finetune", "configs/demo.yaml", *overrides],
                           capture_output=True, text=True, check=False, cwd=ROOT)
@@ -147,6 +149,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the encoder-frozen pair (0: skip)")
     parser.add_argument("--full-epochs", type=int, default=1, help="epochs of the full fine-tuning pair (0: skip)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="both sides' seed (data order; ray-asr's train.seed, the recipe's TrainingArguments.seed); "
+                             "default: each side's own (ray-asr 0, the recipe 42)")
     parser.add_argument("--workdir", default=".")
     args = parser.parse_args()
     workdir = Path(args.workdir).resolve()
@@ -164,7 +169,7 @@ def main() -> None:
         for strategy, epochs in pairs:
             for name, run in (("ray-asr finetune", run_ours), ("HF recipe", run_hf)):
                 out = Path(tmp) / f"{strategy}-{name.split()[0]}"
-                result = run(model_dir, manifest, epochs, out, strategy)
+                result = run(model_dir, manifest, epochs, out, strategy, args.seed)
                 result.update(name=name, strategy=strategy, epochs=epochs, wer=score(result["model"], evals))
                 results.append(result)
                 print(f"{strategy} {name}: {result['seconds']:.1f} s, WER {result['wer']} {result.get('layout', '')} "

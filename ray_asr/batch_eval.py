@@ -48,7 +48,7 @@ class Recognizer:
 
 def _replica_room(cluster_cpus: float) -> float:
     """The cluster's CPUs less the data tier's: what the replicas share."""
-    return cluster_cpus - data.READ_TASK_CPUS - PREPARE_CPUS
+    return cluster_cpus - PREPARE_CPUS
 
 
 def replica_cpus(num_workers: int, cluster_cpus: float) -> float:

@@ -100,8 +100,9 @@ class DataConfig:
     """The run fails once more than this share of a split's rows has been quarantined."""
     wire_dtype: str = "int16"
     """Waveform dtype shipped from the data tier to trainers: `int16` (half the bytes) or `float32`."""
-    prepare_batch_size: int = 16
-    """Rows per batch in the decode/resample/validate stage."""
+    prepare_batch_size: int = 64
+    """Rows per batch in the decode/resample/validate stage, and per block streamed to the trainers (a split of
+    fewer than 16 x this many rows is cut in 16 smaller blocks, to spread over workers)."""
     prepare_concurrency: int = 0
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
     prepare_num_cpus: float | str = "auto"

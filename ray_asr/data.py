@@ -1,12 +1,12 @@
 """The Ray Data pipeline: read → decode/resample/validate/tokenise → (augment) → trainers.
 
-    source shards ──read tasks──► pieces ──Preparer actors──► waveform + labels ──Augmenter actors──► trainers
-                                  (read rows, decode...)  │   (data.preprocess)    (train split only)
-                                                          └── rejected rows ──► QuarantineSink actor ──► quarantine.jsonl
+    source shards ──plan──► pieces ──Preparer actors──► waveform + labels ──Augmenter actors──► trainers
+                            (read rows, decode...)  │   (data.preprocess)    (train split only)
+                                                    └── rejected rows ──► QuarantineSink actor ──► quarantine.jsonl
 
 Nothing is materialised: the dataset streams block by block into `TorchTrainer(datasets=...)`
 workers (split by `ray_asr.ingest`), who read their share with `ray.train.get_dataset_shard` and turn
-waveforms into log-mel themselves (`ray_asr.collate`). This module is what every read task and decode
+waveforms into log-mel themselves (`ray_asr.collate`). This module is what every decode
 actor imports, so it stays clear of Ray Train and torch (~1 s of start-up each). Per-row failures are caught inside the stage and routed to the
 sink, which fails the run once a split's rejected share passes `data.max_rejected_fraction`.
 """
@@ -45,9 +45,6 @@ PREPARED_SCHEMA = pa.schema([
 ])
 
 
-# Reading a shard is light I/O (manifest lines, or table slices with embedded audio); a quarter
-# CPU lets reads run beside the decode actors when trainers hold the rest of a small machine.
-READ_TASK_CPUS = 0.25
 DEDICATED_ACTOR_CPUS = 1.0  # a decode/augment actor with the machine to itself (`auto` where no trainer shares it)
 
 
@@ -89,8 +86,8 @@ PIECE_SCHEMA = pa.schema([
 class ManifestDatasource(Datasource):
     """A planned source (see `ray_asr.sources`) as a Ray Data datasource of *pieces*, not rows.
 
-    A read task emits one piece (a part of the plan and which slice of its rows); the decode actor that takes it
-    reads those rows itself (`rows`). Reading rows in read tasks let them run ahead of decoding, and the rows
+    A read emits one piece (a part of the plan and which slice of its rows); the decode actor that takes it
+    reads those rows itself (`rows`), and runs the read too (`build_dataset` lets Ray Data fuse them). Reading rows in read tasks let them run ahead of decoding, and the rows
     waiting for an actor sat in the heap of the process that runs Ray Data's executor: ~240 bytes each, 100-180
     MiB at a million rows (BENCHMARKS.md, "Where the executor's memory goes"). Pieces are a few bytes, about
     `num_blocks` of them (`MAX_BLOCKS` at most, or one per part), so that process holds the same whatever the rows.
@@ -102,8 +99,10 @@ class ManifestDatasource(Datasource):
     curve adds data, never swaps it); the pick reads the source's rows once, on the driver.
     """
 
-    def __init__(self, source: str | Path, mix: list[dict] = (), seed: int = 0, rows: int | None = None):
+    def __init__(self, source: str | Path, mix: list[dict] = (), seed: int = 0, rows: int | None = None,
+                 shuffled: bool = False):
         self.source = str(source)
+        self.shuffled = shuffled
         self.shards, self.num_rows = sources.plan(source)
         self.only = None  # ids of the source's rows kept, or None for all
         if rows is not None and rows < (self.num_rows or 0):
@@ -144,7 +143,16 @@ class ManifestDatasource(Datasource):
             block = pa.Table.from_pylist([dict(zip(PIECE_SCHEMA.names, piece))], schema=PIECE_SCHEMA)
             return ReadTask(lambda: [block], meta, schema=PIECE_SCHEMA, per_task_row_limit=per_task_row_limit)
 
-        return [task(piece) for piece in self.pieces(parallelism)]
+        return [task(piece) for piece in self.ordered(self.pieces(parallelism))]
+
+    def ordered(self, pieces: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        """The pieces in the order they are read: the plan's, or for a shuffled source (the training split) a
+        seeded permutation, so a manifest sorted by speaker, length or date does not reach the trainers in
+        runs of its order that a local shuffle buffer is too short to mix."""
+        if not self.shuffled:
+            return pieces
+        order = np.random.default_rng([self.seed, PIECE_ORDER_STREAM]).permutation(len(pieces))
+        return [pieces[i] for i in order]
 
     def rows(self, part: int, piece: int = 0, pieces: int = 1) -> pa.Table:
         """The raw rows (`sources.RAW_SCHEMA`) of one piece of one part: its slice of the shard, kept by
@@ -164,6 +172,9 @@ def _subset(table: pa.Table, only: frozenset) -> pa.Table:
 
 # The seed stream of `data.train_rows`' pick (apart from every per-row stream: see LABEL_STREAM).
 SUBSET_STREAM = 1_000_037
+
+# The seed stream of the training split's piece order (`ManifestDatasource.ordered`).
+PIECE_ORDER_STREAM = 1_000_039
 
 
 # The `epoch` of the generator that picks a mixed set's rows: one no run reaches (see LABEL_STREAM).
@@ -356,14 +367,20 @@ def _actor_pool(max_actors: int, num_cpus: float):
 MAX_BLOCKS = 2048
 
 
+# A split of a few hundred rows still gets this many blocks (if it has the rows): Ray Train's split hands out
+# whole blocks, so 64 evaluation clips in one block would all go to one worker while the others wait.
+MIN_BLOCKS = 16
+
+
 def num_blocks(rows: int | None, shards: int, rows_per_block: int) -> int:
-    """Blocks to cut a source into: one preparation batch each, up to `MAX_BLOCKS`.
+    """Blocks to cut a source into: one preparation batch each (`MIN_BLOCKS` at least, `MAX_BLOCKS` at most).
 
     Blocks are what Ray Train's split hands out, so a shard left whole would go to one worker; and each
     block is an object to store, schedule and batch on its own, so Ray Data's default (enough blocks
     to reach 200, a few rows each on a small manifest) costs more than it spreads.
     """
-    return max(1, shards, min(MAX_BLOCKS, math.ceil((rows or 0) / rows_per_block)))
+    rows = rows or 0
+    return max(1, shards, min(MAX_BLOCKS, max(math.ceil(rows / rows_per_block), min(MIN_BLOCKS, rows))))
 
 
 def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, model_dir: str | None = None):
@@ -376,13 +393,18 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
     if source is None:
         raise ValueError(f"data.{split}: not set")
     datasource = ManifestDatasource(source, cfg.data.mixes() if split == "train" else (), cfg.train.seed,
-                                    rows=cfg.data.train_rows if split == "train" else None)
+                                    rows=cfg.data.train_rows if split == "train" else None,
+                                    shuffled=split == "train" and cfg.train.shuffle_buffer > 0)
     limit = cfg.data.max_rejected_fraction if enforce_limit else None
     ray.get(sink.register.remote(split, datasource.num_rows, limit))
     tier = {"resources": cfg.data.augment_resources} if cfg.data.augment_resources else {}
     pieces = len(datasource.pieces(num_blocks(datasource.num_rows, len(datasource.parts), cfg.data.prepare_batch_size)))
-    # As many blocks as pieces: one read task each, no split of their one-row blocks.
-    ds = ray.data.read_datasource(datasource, num_cpus=READ_TASK_CPUS, ray_remote_args=tier, override_num_blocks=pieces)
+    cpus = actor_cpus(cfg.data.prepare_num_cpus)
+    # As many blocks as pieces, one read each, no split of their one-row blocks. The read asks what the decode
+    # actor asks, and the decode stage no batch size: Ray Data then fuses the read into the decode actors, so no
+    # read task runs at all (a read only makes a piece's one-row block). Separate read tasks cost a task process,
+    # a CPU share and an object per piece.
+    ds = ray.data.read_datasource(datasource, num_cpus=cpus, ray_remote_args=tier, override_num_blocks=pieces)
     ds = ds.map_batches(
         Preparer,
         fn_constructor_kwargs={
@@ -393,10 +415,10 @@ def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, mod
             # Evaluation keeps <|notimestamps|>: its WER is comparable from run to run.
             "timestamps": cfg.data.labels.timestamps if split == "train" else 0.0,
         },
-        batch_size=1,  # one piece a call: pieces are what spreads the rows over the actors
+        batch_size=None,  # a block a call: one piece (a batch size would keep the read apart: see above)
         batch_format="pyarrow",
-        compute=_actor_pool(cfg.data.prepare_concurrency, actor_cpus(cfg.data.prepare_num_cpus)),
-        num_cpus=actor_cpus(cfg.data.prepare_num_cpus),
+        compute=_actor_pool(cfg.data.prepare_concurrency, cpus),
+        num_cpus=cpus,
         **tier,
     )
     if split == "train":

@@ -9,15 +9,32 @@ import torch
 
 from ray_asr.constants import HOP_LENGTH, N_FFT, N_FRAMES, N_SAMPLES, SAMPLE_RATE
 
+# Slaney's mel scale (librosa's and Whisper's): linear below 1 kHz, logarithmic above.
+MEL_BREAK_HZ, MEL_AT_BREAK = 1000.0, 15.0  # 1 kHz is mel 15: 3 mel per 200 Hz below it
+MEL_LOG_STEP = np.log(6.4) / 27.0  # above it, 27 mel per factor 6.4 in frequency
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    return np.where(hz < MEL_BREAK_HZ, 3.0 * hz / 200.0,
+                    MEL_AT_BREAK + np.log(np.maximum(hz, MEL_BREAK_HZ) / MEL_BREAK_HZ) / MEL_LOG_STEP)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return np.where(mel < MEL_AT_BREAK, 200.0 * mel / 3.0, MEL_BREAK_HZ * np.exp(MEL_LOG_STEP * (mel - MEL_AT_BREAK)))
+
 
 @lru_cache(maxsize=8)
 def _mel_filters(n_mels: int) -> torch.Tensor:
-    from transformers.audio_utils import mel_filter_bank
-
-    bank = mel_filter_bank(
-        num_frequency_bins=1 + N_FFT // 2, num_mel_filters=n_mels, min_frequency=0.0,
-        max_frequency=SAMPLE_RATE / 2, sampling_rate=SAMPLE_RATE, norm="slaney", mel_scale="slaney",
-    )
+    """Whisper's mel filter bank `(n_mels, n_freq)`: triangles evenly spaced in Slaney mel from 0 Hz to Nyquist,
+    each scaled to unit area (Slaney norm); equals `transformers.audio_utils.mel_filter_bank` with those settings.
+    Built here, in numpy: importing transformers for it cost a process that has not (a bench's consumer, an
+    evaluation actor) about a second before its first batch."""
+    edges = _mel_to_hz(np.linspace(0.0, _hz_to_mel(np.array(SAMPLE_RATE / 2)), n_mels + 2))  # (n_mels + 2,)
+    fft_hz = np.linspace(0.0, SAMPLE_RATE // 2, 1 + N_FFT // 2)  # (n_freq,)
+    widths = np.diff(edges)
+    distance = edges[None, :] - fft_hz[:, None]  # (n_freq, n_mels + 2)
+    rising, falling = -distance[:, :-2] / widths[:-1], distance[:, 2:] / widths[1:]
+    bank = np.maximum(0.0, np.minimum(rising, falling)) * (2.0 / (edges[2:] - edges[:-2]))[None, :]
     return torch.from_numpy(bank.T.astype(np.float32))  # (n_mels, n_freq)
 
 

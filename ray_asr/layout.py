@@ -24,7 +24,7 @@ import dataclasses
 import math
 
 from ray_asr.config import AUTO, Config, ConfigError
-from ray_asr.data import DEDICATED_ACTOR_CPUS, READ_TASK_CPUS
+from ray_asr.data import DEDICATED_ACTOR_CPUS
 
 SHARED_ACTOR_CPUS = 0.2  # a data-tier actor beside CPU trainers: a reservation to be scheduled, not a core's work
 MIN_TRAINER_CPUS = 0.5  # less than half a core per worker is a layout mistake, not a plan
@@ -84,10 +84,9 @@ def data_executors(cfg: Config) -> int:
 
 
 def data_cpus(cfg: Config) -> float:
-    """CPUs the data tier must be able to hold for the run to progress: one read task and one decode actor per
-    concurrent execution, and one augmentation actor."""
-    per_execution = READ_TASK_CPUS + cfg.data.prepare_num_cpus
-    return data_executors(cfg) * per_execution + (cfg.data.augment_num_cpus if cfg.augment else 0.0)
+    """CPUs the data tier must be able to hold for the run to progress: one decode actor (which runs the reads
+    too) per concurrent execution, and one augmentation actor."""
+    return data_executors(cfg) * cfg.data.prepare_num_cpus + (cfg.data.augment_num_cpus if cfg.augment else 0.0)
 
 
 def resolve(cfg: Config, cluster: Cluster | None = None, reserved: float = 0.0) -> Config:
@@ -135,11 +134,11 @@ def resolve(cfg: Config, cluster: Cluster | None = None, reserved: float = 0.0) 
 def _dedicated_actor_cpus(cfg: Config, cluster: Cluster) -> float:
     """A data-tier actor's CPUs where no trainer shares its machine: a whole CPU, or less where the nodes that
     may run the data tier (those carrying `data.augment_resources`) could not otherwise hold every execution's
-    read task and decode actor and the augmentation actor at once (an evaluation would wait for training's)."""
+    decode actor and the augmentation actor at once (an evaluation would wait for training's)."""
     largest = max(cluster.carrying(cfg.data.augment_resources or {}), default=0.0)
     executors = data_executors(cfg)
     actors = executors + (1 if cfg.augment else 0)
-    fitted = math.floor((largest - executors * READ_TASK_CPUS) / actors * 20) / 20  # down to 0.05 CPU
+    fitted = math.floor(largest / actors * 20) / 20  # down to 0.05 CPU
     return DEDICATED_ACTOR_CPUS if fitted >= DEDICATED_ACTOR_CPUS or fitted <= 0 else fitted
 
 
@@ -152,8 +151,8 @@ def check_fits(cfg: Config, cpus: float) -> None:
     room = cpus - data
     hint = (f"scaling.num_workers=1 scaling.cpus_per_worker={math.floor(room * 100) / 100:g}"
             if room >= MIN_TRAINER_CPUS else "data.prepare_num_cpus=auto")
-    raise ConfigError(f"scaling: {s.num_workers} workers x {s.cpus_per_worker:g} CPUs + data tier {data:g} (read "
-                      f"{READ_TASK_CPUS:g} + decode {cfg.data.prepare_num_cpus:g} per execution) need "
+    raise ConfigError(f"scaling: {s.num_workers} workers x {s.cpus_per_worker:g} CPUs + data tier {data:g} (decode "
+                      f"{cfg.data.prepare_num_cpus:g} per execution) need "
                       f"{trainers + data:g} CPUs, this machine has {cpus:g}; would fit: {hint} "
                       f"(or scaling.cpus_per_worker=auto)")
 
@@ -171,4 +170,4 @@ def describe(cfg: Config) -> str:
     plural = "s" if s.num_workers > 1 else ""
     augment = f", augment {d.augment_num_cpus:g}" if cfg.augment else ""
     return (f"[layout] {s.num_workers} worker{plural} x {s.cpus_per_worker:g} CPUs ({device}); data tier: "
-            f"decode {d.prepare_num_cpus:g}, read {READ_TASK_CPUS:g}{augment} CPUs per actor/task")
+            f"decode {d.prepare_num_cpus:g}{augment} CPUs per actor")

@@ -46,7 +46,6 @@ from ray_asr import (
 from ray_asr import model as model_lib
 from ray_asr.activation_cache import ActivationCache, default_folder
 from ray_asr.checkpoint import RunState
-from ray_asr.data import READ_TASK_CPUS
 from ray_asr.encoder import FrozenBoundary, deterministic, fingerprint, whisper_of
 from ray_asr.eval_cache import EvalCache, shuffled
 from ray_asr.watchdog import Watchdog
@@ -243,7 +242,7 @@ class Worker:
         """What a stalled data tier is waiting for: free resources against what its stages ask."""
         total, free = ray.cluster_resources(), ray.available_resources()
         d = self.cfg.data
-        asks = f"decode actors ask {d.prepare_num_cpus:g} CPU each, read tasks {READ_TASK_CPUS:g}"
+        asks = f"decode actors ask {d.prepare_num_cpus:g} CPU each"
         if self.cfg.augment:
             asks += f", augment actors {d.augment_num_cpus:g}"
         if d.augment_resources:

@@ -27,6 +27,19 @@ def test_log_mel_equals_whisper_feature_extractor(n_mels):
     assert np.abs(ours - numpy_reference).max() < 1e-4
 
 
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filters_equal_transformers_filter_bank(n_mels):
+    from transformers.audio_utils import mel_filter_bank
+
+    from ray_asr.features import _mel_filters
+
+    reference = mel_filter_bank(num_frequency_bins=201, num_mel_filters=n_mels, min_frequency=0.0, max_frequency=8000.0,
+                                sampling_rate=16_000, norm="slaney", mel_scale="slaney")
+    ours = _mel_filters(n_mels).numpy()
+    assert ours.shape == (n_mels, 201) and (ours > 0).any(axis=1).all()  # every filter covers some bins
+    assert np.abs(ours - reference.T).max() < 1e-7 * np.abs(reference).max() + 1e-9
+
+
 def test_log_mel_pads_short_batches_and_clamps_per_clip():
     loud = torch.zeros(2, 16_000)
     loud[0] = torch.sin(torch.arange(16_000) * 0.3)

@@ -18,7 +18,7 @@ def test_auto_on_two_cores_is_one_worker_with_both_threads_and_a_small_data_tier
     cfg = layout.resolve(_cfg(), ONE_MACHINE)
     s = cfg.scaling
     assert (s.num_workers, cfg.data.prepare_num_cpus) == (1, layout.SHARED_ACTOR_CPUS)
-    # train + eval executions, each a read task and a decode actor, fit beside the worker
+    # train + eval executions, a decode actor each, fit beside the worker
     assert s.cpus_per_worker + layout.data_cpus(cfg) <= 2.0 and layout.threads(s.cpus_per_worker) == 2
     assert "1 worker x" in layout.describe(cfg) and "2 torch threads" in layout.describe(cfg)
 
@@ -34,12 +34,12 @@ def test_a_layout_the_machine_cannot_hold_stops_with_one_line_saying_what_fits()
         layout.resolve(_cfg("scaling.num_workers=2", "scaling.cpus_per_worker=1"), ONE_MACHINE)
     message = str(err.value)
     assert "\n" not in message and message.startswith("scaling: 2 workers x 1 CPUs")
-    assert "would fit: scaling.num_workers=1 scaling.cpus_per_worker=1.1" in message
+    assert "would fit: scaling.num_workers=1 scaling.cpus_per_worker=1.6" in message
 
 
 def test_a_trials_share_of_the_machine_is_what_it_may_take():
     cfg = layout.resolve(_cfg(), ONE_MACHINE, reserved=0.01)
-    assert cfg.scaling.cpus_per_worker + layout.data_cpus(cfg) <= 1.99
+    assert cfg.scaling.cpus_per_worker + layout.data_cpus(cfg) <= 1.99 + 1e-9
 
 
 def test_gpus_one_worker_each_and_the_data_tier_keeps_whole_cpus():
@@ -64,8 +64,8 @@ def test_workers_fit_the_nodes_carrying_their_resources_and_the_data_tier_fits_i
     cfg = layout.resolve(_cfg("scaling.num_workers=2", "scaling.resources_per_worker={trainer: 1}",
                               "data.augment_resources={augment_cpu: 1}", "augment=[{name: noise}]"), cluster)
     assert cfg.scaling.cpus_per_worker == 0.5  # both workers on the one training node
-    # train and eval executions (read 0.25 + decode each) and one augmenter fit the augmentation node at once
-    assert cfg.data.prepare_num_cpus == cfg.data.augment_num_cpus == 0.5 and layout.data_cpus(cfg) <= 2.0
+    # train and eval executions (a decode actor each) and one augmenter fit the augmentation node at once
+    assert cfg.data.prepare_num_cpus == cfg.data.augment_num_cpus == 0.65 and layout.data_cpus(cfg) <= 2.0
     assert layout.resolve(_cfg("scaling.resources_per_worker={trainer: 1}"), cluster).scaling.num_workers == 1
 
 

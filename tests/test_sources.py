@@ -46,6 +46,24 @@ def test_a_large_manifest_is_read_by_a_bounded_number_of_tasks_and_blocks(tmp_pa
     assert total == 1000 and len(shards) == 8  # 250 shards of 4 lines merged into 8 of 128 (the last shorter)
     assert [r["id"] for r in sources.read_all(manifest)] == [f"m.jsonl:{i + 1}" for i in range(1000)]
     assert data.num_blocks(1_000_000, 8, 8) == data.MAX_BLOCKS and data.num_blocks(400, 4, 8) == 50
+    # a small split still spreads over workers: 16 blocks (or one per row), not one block of 64 clips
+    assert data.num_blocks(64, 1, 64) == 16 and data.num_blocks(5, 1, 64) == 5 and data.num_blocks(2048, 1, 64) == 32
+
+
+def test_the_training_split_reads_its_pieces_in_a_seeded_order(tmp_path):
+    from ray_asr import data
+
+    manifest = _manifest(tmp_path / "m.jsonl", 300)
+
+    def read_order(seed: int, shuffled: bool) -> list[tuple]:
+        tasks = data.ManifestDatasource(manifest, seed=seed, shuffled=shuffled).get_read_tasks(30)
+        return [tuple(row.values()) for task in tasks for block in task() for row in block.to_pylist()]
+
+    plan = read_order(0, False)
+    assert plan == sorted(plan) and len(set(plan)) == len(plan) >= 30  # unshuffled (evaluation): the plan's order
+    first = read_order(0, True)
+    assert sorted(first) == plan and first != plan  # every piece once, not in the manifest's order
+    assert read_order(0, True) == first and read_order(1, True) != first  # the seed decides, the same on a rerun
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

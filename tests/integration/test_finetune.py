@@ -134,7 +134,7 @@ def test_two_workers_of_one_cpu_each_on_two_cpus_stop_within_a_minute_with_one_l
     assert run.returncode == 2 and time.time() - started < 60, run.stderr[-2000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("ray-asr finetune:")]
     assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
-    assert "need 2.9 CPUs, this machine has 2" in errors[0] and "would fit: scaling.num_workers=1" in errors[0]
+    assert "need 2.4 CPUs, this machine has 2" in errors[0] and "would fit: scaling.num_workers=1" in errors[0]
 
 
 def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_path):

@@ -25,9 +25,11 @@ def test_catalogue_through_the_pipeline(catalogue, tiny_model, tmp_path):
     cfg = config.from_dict({"model": {"name_or_path": str(tiny_model)}, "data": {"train": str(catalogue.manifest)},
                             "output_dir": str(tmp_path)})
     sink = data.open_sink(cfg.quarantine_path)
-    rows = _rows(data.build_dataset(cfg, "train", sink, enforce_limit=False))
+    ds = data.build_dataset(cfg, "train", sink, enforce_limit=False)
+    rows = _rows(ds)
     ray.get(sink.close.remote())
     assert {r["id"] for r in rows} == catalogue.good
+    assert "ReadManifest->MapBatches(Preparer)" in ds.stats()  # reads run in the decode actors: no read tasks
     for row in rows:
         wave = audio.from_wire(row["audio"], "int16")
         assert len(wave) == row["num_samples"] and row["labels"][-1] == 256  # tiny tokenizer's end-of-text
