@@ -102,7 +102,7 @@ class DataConfig:
     """Waveform dtype shipped from the data tier to trainers: `int16` (half the bytes) or `float32`."""
     prepare_batch_size: int = 64
     """Rows per batch in the decode/resample/validate stage, and per block streamed to the trainers (a split of
-    fewer than 16 x this many rows is cut in 16 smaller blocks, to spread over workers)."""
+    fewer than 16 x this many rows is cut in up to 16 smaller blocks of 8 rows at least, to spread over workers)."""
     prepare_concurrency: int = 0
     """Upper bound on decode/validate actors; 0 sizes the pool from the cluster's CPUs."""
     prepare_num_cpus: float | str = "auto"

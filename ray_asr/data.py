@@ -367,20 +367,22 @@ def _actor_pool(max_actors: int, num_cpus: float):
 MAX_BLOCKS = 2048
 
 
-# A split of a few hundred rows still gets this many blocks (if it has the rows): Ray Train's split hands out
-# whole blocks, so 64 evaluation clips in one block would all go to one worker while the others wait.
-MIN_BLOCKS = 16
+# A split of a few hundred rows still gets this many blocks, of MIN_BLOCK_ROWS rows at least: Ray Train's split
+# hands out whole blocks, so 64 evaluation clips in one block would all go to one worker while the others wait,
+# and blocks of a few rows cost more (each is an object, a scheduling decision, a batch edge) than they spread.
+MIN_BLOCKS, MIN_BLOCK_ROWS = 16, 8
 
 
 def num_blocks(rows: int | None, shards: int, rows_per_block: int) -> int:
-    """Blocks to cut a source into: one preparation batch each (`MIN_BLOCKS` at least, `MAX_BLOCKS` at most).
+    """Blocks to cut a source into: one preparation batch each (`MIN_BLOCKS` at least where the rows allow blocks
+    of `MIN_BLOCK_ROWS`, `MAX_BLOCKS` at most).
 
     Blocks are what Ray Train's split hands out, so a shard left whole would go to one worker; and each
     block is an object to store, schedule and batch on its own, so Ray Data's default (enough blocks
     to reach 200, a few rows each on a small manifest) costs more than it spreads.
     """
     rows = rows or 0
-    return max(1, shards, min(MAX_BLOCKS, max(math.ceil(rows / rows_per_block), min(MIN_BLOCKS, rows))))
+    return max(1, shards, min(MAX_BLOCKS, max(math.ceil(rows / rows_per_block), min(MIN_BLOCKS, rows // MIN_BLOCK_ROWS))))
 
 
 def build_dataset(cfg: Config, split: str, sink, enforce_limit: bool = True, model_dir: str | None = None):

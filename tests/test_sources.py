@@ -46,8 +46,9 @@ def test_a_large_manifest_is_read_by_a_bounded_number_of_tasks_and_blocks(tmp_pa
     assert total == 1000 and len(shards) == 8  # 250 shards of 4 lines merged into 8 of 128 (the last shorter)
     assert [r["id"] for r in sources.read_all(manifest)] == [f"m.jsonl:{i + 1}" for i in range(1000)]
     assert data.num_blocks(1_000_000, 8, 8) == data.MAX_BLOCKS and data.num_blocks(400, 4, 8) == 50
-    # a small split still spreads over workers: 16 blocks (or one per row), not one block of 64 clips
-    assert data.num_blocks(64, 1, 64) == 16 and data.num_blocks(5, 1, 64) == 5 and data.num_blocks(2048, 1, 64) == 32
+    # a small split still spreads over workers (blocks of 8 rows at least), not one block of 64 clips
+    assert data.num_blocks(64, 1, 64) == 8 and data.num_blocks(400, 1, 64) == 16 and data.num_blocks(5, 1, 64) == 1
+    assert data.num_blocks(2048, 1, 64) == 32 and data.num_blocks(48, 1, 8) == 6
 
 
 def test_the_training_split_reads_its_pieces_in_a_seeded_order(tmp_path):

@@ -141,7 +141,7 @@ def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_p
     out, log = tmp_path / "run", tmp_path / "run.log"
     # One epoch (48 of the 64 rows: 6 batches, checkpoints every 2 steps) of minimum-WER training under ZeRO-3:
     # every step decodes each clip's N-best with the model being trained, both ranks stepping the decoder
-    # together. Step 3's first batch gives a NaN loss (skipped: the epoch ends at step 5); rank 1 dies while
+    # together. Step 3's first batch gives a NaN loss (skipped: the epoch ends a step early); rank 1 dies while
     # copying step 4's checkpoint, leaving it torn: the group is replaced and resumes from step 2 (not the torn
     # 4), and writes step 4 again, whole. No evaluation splits: the untrained tiny model decodes to its token
     # limits, and evaluation in lock-step is the LoRA run's subject below.
@@ -156,7 +156,9 @@ def test_zero3_mwer_survives_a_nan_batch_and_a_worker_dying_while_it_saves(tmp_p
     assert "fault injection: rank 1 tears the checkpoint at step 4 and exits" in text  # the smoke config's 2 ranks
     assert "resumed from checkpoint at step 2 " in text
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["step"] == summary["last_step"] == 5 and 0 < summary["steps_run"] < 5  # resumed: fewer run than trained
+    # 5 or 6 steps: the ranks' shares follow how whole blocks of the shuffled pieces fall to them (lock-step to the
+    # longer); resumed, the run itself ran fewer steps than the model trained
+    assert summary["step"] == summary["last_step"] in (5, 6) and 0 < summary["steps_run"] < summary["last_step"]
     assert all(np.isfinite(_losses(out))) and (out / "model" / "model.safetensors").exists()
     from ray_asr import checkpoint
 
