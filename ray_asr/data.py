@@ -87,9 +87,9 @@ class ManifestDatasource(Datasource):
     """A planned source (see `ray_asr.sources`) as a Ray Data datasource of *pieces*, not rows.
 
     A read emits one piece (a part of the plan and which slice of its rows); the decode actor that takes it
-    reads those rows itself (`rows`), and runs the read too (`build_dataset` lets Ray Data fuse them). Reading rows in read tasks let them run ahead of decoding, and the rows
-    waiting for an actor sat in the heap of the process that runs Ray Data's executor: ~240 bytes each, 100-180
-    MiB at a million rows (BENCHMARKS.md, "Where the executor's memory goes"). Pieces are a few bytes, about
+    reads those rows itself (`rows`), and runs the read too (`build_dataset` lets Ray Data fuse them). Rows read
+    ahead of the decode actors waited for one in the heap of the process that runs Ray Data's executor: ~240
+    bytes each, 100-180 MiB at a million rows (BENCHMARKS.md, "Where the executor's memory goes"). Pieces are a few bytes, about
     `num_blocks` of them (`MAX_BLOCKS` at most, or one per part), so that process holds the same whatever the rows.
 
     `mix` (`data.mix`: `[{manifest, weight}]`) adds other sets' shards, interleaved evenly with the source's
