@@ -119,8 +119,10 @@ def per_clip_ms(manifest: Path, count: int = 64) -> dict[str, float]:
 def run_ours(manifest: Path, model_dir: str, batch_size: int) -> tuple[float, int, float, dict, dict, int]:
     import ray
 
-    from ray_asr import cluster, config, data
+    from ray_asr import allocator, cluster, config, data
     from ray_asr.collate import WhisperCollator
+
+    allocator.keep_freed_memory()  # as a training worker does (`ray_asr.train.Worker`): this process consumes like one
 
     cluster.connect()
     cfg = config.from_dict({"model": {"name_or_path": model_dir}, "data": {"train": str(manifest)},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from ray_asr import config, data, metrics
+from ray_asr import allocator, config, data, metrics
 from ray_asr.audio import from_wire
 
 # Decoding a clip costs a few percent of recognising it, so the data tier gets a small share and the
@@ -28,11 +28,10 @@ class Recognizer:
                  use_gpu: bool, threads: int, beam_size: int = 1):
         import torch
 
-        from ray_asr import hardware
         from ray_asr.evaluate import Scorer
 
         torch.set_num_threads(threads)  # its CPU share, not the node's core count
-        hardware.keep_freed_memory()
+        allocator.keep_freed_memory()
         self.scorer = Scorer(model_dir, language, batch_size, device="cuda" if use_gpu else "cpu",
                              beam_size=beam_size)
         self.prompt, self.wire_dtype = prompt, wire_dtype

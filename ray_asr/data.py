@@ -27,7 +27,7 @@ from ray.data._internal.execution.execution_callback import ExecutionCallback
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from ray_asr import audio, labels, sources
+from ray_asr import allocator, audio, labels, sources
 from ray_asr.audio import Rejected
 from ray_asr.cluster import on_this_node
 from ray_asr.config import Config
@@ -282,6 +282,7 @@ class Preparer:
     def __init__(self, plan: ManifestDatasource, batch_rows: int, model_dir: str, language: str, task: str,
                  max_duration_s: float, wire_dtype: str, sink, split: str, preprocess: list | None = None,
                  seed: int = 0, timestamps: float = 0.0):
+        allocator.keep_freed_memory()  # each clip's decode and resample buffers, reused
         self.plan, self.batch_rows = plan, batch_rows
         self.tokenizer = labels.load_tokenizer(model_dir, language, task)
         if timestamps and self.tokenizer.timestamp_begin is None:

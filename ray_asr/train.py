@@ -30,6 +30,7 @@ import torch.distributed as dist
 from transformers.modeling_outputs import BaseModelOutput
 
 from ray_asr import (
+    allocator,
     checkpoint,
     collate,
     config,
@@ -116,7 +117,7 @@ class Worker:
         self.synced = self.cfg.train.deepspeed.stage == 3 and self.world > 1  # ZeRO-3 ranks decode in lock-step
         # Ray pins OMP_NUM_THREADS to the worker's whole CPUs; torch's intra-op pool takes the CPUs it holds.
         torch.set_num_threads(layout.threads(self.cfg.scaling.cpus_per_worker))
-        hardware.keep_freed_memory()  # before the model's first allocations
+        allocator.keep_freed_memory()  # before the model's first allocations
         self.device = ray.train.torch.get_device()
         # Control flow (who has data, decode lengths) goes over gloo on the CPU: no device sync per step.
         self.control = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
